@@ -1,0 +1,84 @@
+# The documented commands. `make help` lists them.
+# Dependencies live in a virtual environment outside the clone (torch is several GB), keyed on
+# the lock file so a changed lock re-installs and an unchanged one costs nothing.
+SHELL := /bin/bash
+VENV ?= $(HOME)/.cache/streamer/venv
+PY := $(VENV)/bin/python
+LOCK := requirements/lock.txt
+STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-16)
+export PYTHONPATH := $(CURDIR)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the documented commands
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): $(LOCK)
+	@command -v python3 >/dev/null || { echo "python3 (3.11+) is required" >&2; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r $(LOCK)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create/refresh the virtual environment from the lock file
+
+.PHONY: test
+test: venv ## Run the whole test suite (starts its own Kafka broker)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## Fast tests only: no broker, no processes
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: venv ## ruff lint + format check, mypy on the package
+	$(VENV)/bin/ruff check streamer compile tests
+	$(VENV)/bin/ruff format --check streamer compile tests
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: venv ## Format the code with ruff
+	$(VENV)/bin/ruff format streamer compile tests
+	$(VENV)/bin/ruff check --fix streamer compile tests
+
+.PHONY: kafka-up
+kafka-up: venv ## Start the local Apache Kafka (installs on first use); last line = bootstrap address
+	@$(PY) -m streamer.kafka.local_broker up
+
+.PHONY: kafka-down
+kafka-down: venv ## Stop the local Apache Kafka
+	@$(PY) -m streamer.kafka.local_broker down
+
+.PHONY: topics
+topics: venv ## Create the five topics on the configured broker (idempotent)
+	$(PY) -m streamer topics create
+
+.PHONY: model
+model: venv ## Train the multi-task model on ../shared/data into artifacts/
+	$(PY) -m streamer.model.train
+
+.PHONY: compile-cpu
+compile-cpu: venv ## Compile the newest trained artifact for the cpu target (ONNX Runtime int8)
+	$(PY) -m compile --target cpu --artifact $$(ls -d artifacts/*/ | grep -v -- '-cpu' | tail -n1)
+
+.PHONY: demo
+demo: venv ## Kafka up, model, topics, the service on both paths under load, summary table
+	$(PY) -m streamer demo
+
+.PHONY: bench-quick
+bench-quick: venv ## Short side-by-side benchmark (under 10 minutes)
+	$(PY) -m streamer bench --quick
+
+.PHONY: bench
+bench: venv ## Full side-by-side benchmark
+	$(PY) -m streamer bench
+
+.PHONY: clean
+clean: ## Remove build outputs in the clone (not the venv or the Kafka cache)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

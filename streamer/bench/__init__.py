@@ -1,0 +1,1 @@
+"""Benchmark harness: open-loop load, contenders side by side, reports."""

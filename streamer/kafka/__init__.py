@@ -1,0 +1,1 @@
+"""Kafka plumbing: the local broker recipe, topic admin and client factories."""

@@ -1,0 +1,1 @@
+"""The multi-task BERT model: training, tokenization, artifacts and the runtime loader."""

@@ -1,0 +1,1 @@
+"""The streaming data path: batcher, offsets, backpressure, shared-memory workers, service."""

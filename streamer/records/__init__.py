@@ -1,0 +1,1 @@
+"""Record types, the codec (bytes <-> typed records) and the typed decode errors."""
