@@ -1,0 +1,169 @@
+"""Typed, bounded settings: the one module that reads environment variables.
+
+Precedence (highest first): command-line flags, `STREAMER_*` environment variables, the TOML
+file given with `--config`, the defaults below. Secrets are `SecretStr` so they never appear in
+logs or reprs.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class PathName(StrEnum):
+    """The two inference paths of DESIGN.md section 1."""
+
+    INTENT = "intent"
+    DUPLICATE = "duplicate"
+
+
+class Settings(BaseSettings):
+    """Everything `streamer run` can be told; each field documents its unit and why."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMER_", extra="forbid", frozen=True)
+
+    # --- Kafka -------------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "bootstrap_servers", "STREAMER_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
+        description="Kafka bootstrap servers, comma separated.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    group_id: str = Field("streamer", min_length=1, description="Consumer group of the service.")
+    client_id: str = Field("streamer", min_length=1)
+
+    topic_queries: str = "search.queries.v1"
+    topic_pairs: str = "search.product-pairs.v1"
+    topic_intents: str = "search.query-intents.v1"
+    topic_duplicates: str = "search.product-duplicates.v1"
+    topic_dlq: str = "search.streamer.dlq.v1"
+
+    paths: tuple[PathName, ...] = Field(
+        (PathName.INTENT, PathName.DUPLICATE),
+        description="Which paths this process serves: 'intent', 'duplicate' or both (comma list).",
+    )
+
+    # aiokafka's default fetch_max_wait_ms=500 alone gave p50 250 ms on an idle stream
+    # (DESIGN.md section 3); a few ms keeps an idle partition from holding the fetch.
+    fetch_max_wait_ms: int = Field(5, ge=0, le=500)
+    max_poll_records: int = Field(1024, ge=1, le=100_000)
+    max_partition_fetch_bytes: int = Field(1 << 20, ge=1024)
+    # One round trip of a commit costs about what a batch does; commit on a timer, not per
+    # record (a commit per message capped a naive consumer at ~130 events/s).
+    commit_interval_ms: int = Field(200, ge=10, le=60_000)
+    producer_linger_ms: int = Field(1, ge=0, le=1000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(1_000, ge=100)
+
+    # --- Model and workers -------------------------------------------------------------
+    artifact: Path | None = Field(None, description="Compiled artifact directory (compile/).")
+    executor: Literal["multiproc", "inprocess"] = Field(
+        "multiproc", description="'inprocess' runs the model in this process (debugging)."
+    )
+    workers: int | None = Field(None, ge=1, le=256, description="Worker processes; auto if unset.")
+    threads_per_worker: int | None = Field(None, ge=1, le=256)
+    slots_per_worker: int = Field(2, ge=1, le=16, description="Batches queued per worker.")
+    worker_heartbeat_timeout_s: float = Field(30.0, gt=0)
+    force_artifact: bool = Field(False, description="Load an artifact whose parity failed.")
+
+    # --- Latency budget, batching and backpressure ---------------------------------------
+    p99_target_ms: float = Field(10.0, gt=0, le=60_000, description="End-to-end P99 target.")
+    intent_max_batch: int = Field(32, ge=1, le=4096)
+    intent_max_linger_ms: float = Field(4.0, ge=0, le=1000)
+    intent_target_tps: float = Field(
+        2_000.0, gt=0, description="Expected peak rate; sizes in-flight by Little's law."
+    )
+    duplicate_max_batch: int = Field(64, ge=1, le=4096)
+    duplicate_max_linger_ms: float = Field(50.0, ge=0, le=10_000)
+    duplicate_p99_target_ms: float = Field(1_000.0, gt=0, le=600_000)
+    duplicate_target_tps: float = Field(500.0, gt=0)
+
+    max_query_chars: int = Field(512, ge=1)
+    drain_timeout_s: float = Field(10.0, ge=0, le=600, description="SIGTERM drain deadline.")
+
+    # --- Observability ------------------------------------------------------------------
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9102, ge=0, le=65535, description="0 disables the HTTP endpoint.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        """Accept 'intent,duplicate' from env vars and flags as well as lists from TOML."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        """Reject settings that cannot work together, with a reason."""
+        if not self.paths:
+            raise ValueError("paths must name at least one of: intent, duplicate")
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        return self
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients' security settings (secret unwrapped here only)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as JSON-able values for the startup log line (SecretStr stays masked)."""
+        return {k: (str(v) if isinstance(v, Path | SecretStr) else v) for k, v in self}
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from flags (overrides) > env > TOML file > defaults."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            return tuple(sources)
+
+    return _FromFile(**overrides)
+
+
+def repo_root() -> Path:
+    """The checkout root (for default data and artifact locations)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """Where ../shared/data lives; STREAMER_DATA_DIR overrides."""
+    return Path(os.environ.get("STREAMER_DATA_DIR", repo_root().parent / "shared" / "data"))

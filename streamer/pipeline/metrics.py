@@ -1,0 +1,158 @@
+"""Prometheus metrics of the service and the small HTTP server exposing /metrics, /healthz, /readyz.
+
+One registry per Service so several services can live in one test process. Histograms are in
+seconds (Prometheus convention); buckets are dense around the 10 ms budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# 0.5 ms .. 30 s: fine steps below 20 ms where the intent budget lives, coarse above.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015,
+    0.020, 0.030, 0.050, 0.075, 0.100, 0.200, 0.500, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+FILL_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+STAGES = ("fetch", "queue", "linger", "model", "produce")
+
+
+class Metrics:
+    """All metrics of one service instance, labelled by path where it matters."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.e2e_latency = Histogram(
+            "streamer_end_to_end_seconds",
+            "Source timestamp to produce acknowledgement, per record.",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "streamer_stage_seconds",
+            "Per-batch stage latency: fetch (source ts -> fetched), queue (fetched -> batch "
+            "open), linger (open -> close), model (submit -> scores), produce (send -> ack).",
+            ["path", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "streamer_batch_rows", "Real rows per batch.", ["path"], buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_fill = Histogram(
+            "streamer_batch_fill_ratio",
+            "Real tokens / padded tokens of a batch (how much compute is padding).",
+            ["path"],
+            buckets=FILL_BUCKETS,
+            registry=r,
+        )
+        self.records_in = Counter(
+            "streamer_records_in_total", "Records fetched.", ["path"], registry=r
+        )
+        self.results_out = Counter(
+            "streamer_results_out_total", "Results acknowledged by the broker.", ["path"], registry=r
+        )
+        self.dlq = Counter(
+            "streamer_dlq_total", "Records sent to the DLQ, by error code.", ["code"], registry=r
+        )
+        self.inflight = Gauge(
+            "streamer_inflight_records", "Records fetched but not yet acknowledged.", ["path"],
+            registry=r,
+        )  # fmt: skip
+        self.paused_partitions = Gauge(
+            "streamer_paused_partitions", "Partitions paused by backpressure.", ["path"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "streamer_consumer_lag",
+            "High watermark minus position, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.worker_restarts = Gauge(
+            "streamer_worker_restarts", "Worker processes restarted so far.", registry=r
+        )
+        self.commits = Counter("streamer_commits_total", "Offset commits.", registry=r)
+        self.linger_seconds = Gauge(
+            "streamer_linger_seconds", "Current adaptive linger of the batcher.", ["path"],
+            registry=r,
+        )  # fmt: skip
+        self.produce_errors = Counter(
+            "streamer_produce_errors_total", "Failed sends that were retried.", registry=r
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """Serves /metrics, /healthz (process alive) and /readyz (consuming and workers up).
+
+    A plain asyncio server instead of prometheus_client's threaded one: it shares the event
+    loop with the service, so readiness reads the service's state without locks.
+    """
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int) -> None:
+        self._metrics = metrics
+        self._ready = ready
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0 = any free port in tests)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+
+    async def close(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            target = parts[1] if len(parts) >= 2 else "/"
+            if target.startswith("/metrics"):
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
+            elif target.startswith("/healthz"):
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif target.startswith("/readyz"):
+                ok = self._ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode("latin-1") + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
