@@ -8,7 +8,9 @@ import sys
 
 # command name -> module exposing `add_arguments(parser)` and `run(args) -> int`.
 # Imported lazily so `streamer --help` does not import torch.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "run": "streamer.app",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,186 @@
+"""`streamer run`: the composition root that turns Settings into a running Service.
+
+It reads the compiled artifact's manifest (labels, buckets, threshold, target), builds the
+tokenizer, picks the executor and the worker layout for the target, and wires the per-path
+handlers and batch policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from streamer import logs
+from streamer.config import Settings, load_settings
+from streamer.model.buckets import Buckets
+from streamer.model.tasks import Task
+from streamer.pipeline.batcher import BatchPolicy
+from streamer.pipeline.paths import ModelInfo, make_handlers
+from streamer.pipeline.service import Service, StartupError
+
+log = logging.getLogger("streamer.app")
+
+
+def worker_layout(target: str, settings: Settings) -> tuple[int, int, Any]:
+    """(workers, threads per worker, env_per_worker) for a target: one worker per device core."""
+    cores = os.cpu_count() or 1
+    if target == "cpu":
+        # One core stays with the asyncio process (Kafka client, decode, tokenize).
+        workers = settings.workers or max(1, cores - 1)
+        threads = settings.threads_per_worker or max(1, (cores - 1) // workers)
+
+        def env(i: int) -> dict[str, str]:
+            return {"OMP_NUM_THREADS": str(threads)}
+
+        return workers, threads, env
+    if target == "cuda":
+        import torch
+
+        workers = settings.workers or max(1, torch.cuda.device_count())
+        threads = settings.threads_per_worker or 2
+
+        def env_cuda(i: int) -> dict[str, str]:
+            return {"CUDA_VISIBLE_DEVICES": str(i), "OMP_NUM_THREADS": str(threads)}
+
+        return workers, threads, env_cuda
+    if target in ("neuron", "neuronx"):
+        if settings.workers is None:
+            raise StartupError("target neuron needs --workers = number of NeuronCores to use")
+        workers = settings.workers
+        threads = settings.threads_per_worker or 1
+
+        def env_neuron(i: int) -> dict[str, str]:
+            # One model copy per NeuronCore, as in the Amazon Search deployment.
+            return {"NEURON_RT_VISIBLE_CORES": str(i), "OMP_NUM_THREADS": str(threads)}
+
+        return workers, threads, env_neuron
+    raise StartupError(f"unknown artifact target {target!r}")
+
+
+def build_service(settings: Settings) -> Service:
+    """Everything `streamer run` needs, from settings and the artifact on disk."""
+    from streamer.model.artifact import read_manifest
+    from streamer.model.tokenize import Encoder
+    from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
+
+    if settings.artifact is None:
+        raise StartupError("no model artifact: set --artifact / STREAMER_ARTIFACT")
+    artifact = Path(settings.artifact)
+    if not (artifact / "manifest.json").is_file():
+        raise StartupError(
+            f"{artifact} is not a compiled artifact (no manifest.json); "
+            "build one with `python -m compile --target cpu --artifact DIR`"
+        )
+    manifest = read_manifest(artifact)
+    buckets = {Task.INTENT: Buckets.from_json(manifest["buckets"]["intent"]),
+               Task.DUPLICATE: Buckets.from_json(manifest["buckets"]["duplicate"])}  # fmt: skip
+    model = ModelInfo(
+        name=manifest["model_name"],
+        version=str(manifest["model_version"]),
+        labels=tuple(manifest["labels"]),
+        duplicate_threshold=float(manifest["duplicate_threshold"]),
+    )
+    encoder = Encoder.from_artifact(artifact)
+    handlers = make_handlers(settings, model, encoder)
+    spec = RunnerSpec(
+        "streamer.model.runner:load_runner",
+        {"artifact_dir": str(artifact), "force": settings.force_artifact},
+    )
+    workers, threads, env = worker_layout(manifest["target"], settings)
+    spec.kwargs["threads"] = threads
+    executor: Any
+    if settings.executor == "inprocess":
+        executor = InProcessExecutor(spec)
+    else:
+        executor = MultiprocExecutor(
+            spec,
+            workers=workers,
+            threads_per_worker=threads,
+            slots_per_worker=settings.slots_per_worker,
+            max_batch=max(b.max_batch for b in buckets.values()),
+            max_seq_len=max(b.max_seq_len for b in buckets.values()),
+            max_outputs=max(len(model.labels), 1),
+            heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
+            env_per_worker=env,
+        )
+    policies = {
+        "intent": BatchPolicy(
+            max_batch=min(settings.intent_max_batch, buckets[Task.INTENT].max_batch),
+            max_padded_tokens=min(settings.intent_max_batch, buckets[Task.INTENT].max_batch)
+            * buckets[Task.INTENT].max_seq_len,
+            max_linger_s=settings.intent_max_linger_ms / 1000.0,
+            seq_buckets=buckets[Task.INTENT].seq_lens,
+            batch_buckets=buckets[Task.INTENT].batch_sizes,
+        ),
+        "duplicate": BatchPolicy(
+            max_batch=min(settings.duplicate_max_batch, buckets[Task.DUPLICATE].max_batch),
+            # Long pairs are what costs: cap padded tokens so a batch of 256-token pairs stays
+            # as cheap as a full batch of 128-token ones.
+            max_padded_tokens=min(settings.duplicate_max_batch, buckets[Task.DUPLICATE].max_batch)
+            * 128,
+            max_linger_s=settings.duplicate_max_linger_ms / 1000.0,
+            seq_buckets=buckets[Task.DUPLICATE].seq_lens,
+            batch_buckets=buckets[Task.DUPLICATE].batch_sizes,
+        ),
+    }
+    return Service(settings, handlers, executor, policies)
+
+
+async def serve(settings: Settings) -> int:
+    """Start the service, run until a signal, drain, and return the exit code."""
+    service = build_service(settings)
+    await service.start()
+    service.install_signal_handlers()
+    return await service.run()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `streamer run` (each overrides env and TOML)."""
+    parser.add_argument("--config", help="TOML settings file")
+    parser.add_argument("--bootstrap-servers")
+    parser.add_argument("--artifact", help="compiled artifact directory")
+    parser.add_argument("--paths", help="intent, duplicate or intent,duplicate")
+    parser.add_argument("--group-id")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--threads-per-worker", type=int)
+    parser.add_argument("--executor", choices=["multiproc", "inprocess"])
+    parser.add_argument("--p99-target-ms", type=float)
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--log-level")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the service (`streamer run`)."""
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "bootstrap_servers", "artifact", "paths", "group_id", "workers",
+            "threads_per_worker", "executor", "p99_target_ms", "metrics_port", "log_level",
+        )
+    }  # fmt: skip
+    try:
+        settings = load_settings(args.config, **flags)
+    except ValidationError as exc:
+        # include_input=False: a rejected value may be a secret.
+        for err in exc.errors(include_input=False):
+            print(f"invalid setting {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(settings))
+    except StartupError as exc:
+        log.error("startup failed", extra={"event": "startup_failed", "reason": str(exc)})
+        print(f"streamer: {exc}", file=sys.stderr)
+        return 3
