@@ -144,23 +144,36 @@ def test_property_commit_point_is_smallest_not_done(case: tuple[list[int], list[
         assert wm.pending(TP) == len(not_done)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.data())
-def test_property_interleaved_track_done_many_partitions(data: st.DataObject) -> None:
-    """Fetches and acks interleave across partitions, duplicates and late acks included."""
+_STEPS = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # partition
+        st.booleans(),  # fetch (True) or ack (False)
+        st.integers(1, 4),  # gap to the next fetched offset
+        st.integers(0, 10**6),  # which tracked offset to ack (mod count): may repeat
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_STEPS)
+def test_property_interleaved_track_done_many_partitions(
+    steps: list[tuple[int, bool, int, int]],
+) -> None:
+    """Fetches and acks interleave across partitions, duplicate acks included."""
     wm = OffsetWatermark()
     tps = [("t", p) for p in range(3)]
     tracked: dict[tuple[str, int], list[int]] = {tp: [] for tp in tps}
     finished: dict[tuple[str, int], set[int]] = {tp: set() for tp in tps}
-    for _ in range(data.draw(st.integers(min_value=1, max_value=60))):
-        tp = data.draw(st.sampled_from(tps))
-        if data.draw(st.booleans()) or not tracked[tp]:
-            last = tracked[tp][-1] if tracked[tp] else -1
-            offset = last + data.draw(st.integers(min_value=1, max_value=4))
+    for part, fetch, gap, pick in steps:
+        tp = tps[part]
+        if fetch or not tracked[tp]:
+            offset = (tracked[tp][-1] if tracked[tp] else -1) + gap
             wm.track(tp, offset)
             tracked[tp].append(offset)
         else:
-            offset = data.draw(st.sampled_from(tracked[tp]))  # may be a duplicate ack
+            offset = tracked[tp][pick % len(tracked[tp])]
             assert wm.done(tp, offset) is (offset not in finished[tp])
             finished[tp].add(offset)
         for q in tps:
