@@ -151,10 +151,10 @@ def duplicate_policy(
 
     Why these numbers (DESIGN.md section 4):
 
-    - Pairs (title + description) run about 128 tokens; 256 is MiniLM-L6-v2's trained
-      maximum, 64 serves short pairs at half the cost.
-    - ``max_batch=128``: on a GPU L=128 goes 46k items/s at 32, 68k at 128, 87k at 2048 in
-      eager mode; 128 gets most of the gain with a 1.9 ms batch and a CUDA-graph shape.
+    - Pairs (title + description) run about 128 tokens; 256 is all-MiniLM-L6-v2's
+      ``max_seq_length``; 64 serves short pairs at half the cost.
+    - ``max_batch=128``: on a GPU L=128 runs 46k items/s at batch 32 and 68k at 128 (CUDA
+      graphs), 87k at 2048 (eager); 128 gets most of the gain with a 1.9 ms batch.
     - ``max_padded_tokens=16384`` (= 128x128): full batches of typical pairs; a batch of
       256-token pairs stops at 64 rows, keeping the per-batch time (and the out-of-order
       window the offset watermark must hold) bounded.
