@@ -84,12 +84,22 @@ class Settings(BaseSettings):
 
     # --- Latency budget, batching and backpressure ---------------------------------------
     p99_target_ms: float = Field(10.0, gt=0, le=60_000, description="End-to-end P99 target.")
-    intent_max_batch: int = Field(32, ge=1, le=4096)
-    intent_max_linger_ms: float = Field(4.0, ge=0, le=1000)
+    intent_max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Rows per intent batch; default per target (cpu 4, else 32).",
+    )
+    intent_max_linger_ms: float = Field(2.0, ge=0, le=1000)
     intent_target_tps: float = Field(
         2_000.0, gt=0, description="Expected peak rate; sizes in-flight by Little's law."
     )
-    duplicate_max_batch: int = Field(64, ge=1, le=4096)
+    duplicate_max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Rows per pair batch; default per target (cpu 8, else 128).",
+    )
     duplicate_max_linger_ms: float = Field(50.0, ge=0, le=10_000)
     duplicate_p99_target_ms: float = Field(1_000.0, gt=0, le=600_000)
     duplicate_target_tps: float = Field(500.0, gt=0)

@@ -36,7 +36,6 @@ class Row:
     input_ids: np.ndarray  # int32 (n_tokens,)
     token_type_ids: np.ndarray  # int32 (n_tokens,)
     truncated: bool
-    enqueued_at: float = 0.0
 
     @property
     def n_tokens(self) -> int:
@@ -63,7 +62,13 @@ class ModelInfo:
 
 
 def pack_batch(rows: Sequence[Row], padded_rows: int, seq_len: int) -> tuple[np.ndarray, ...]:
-    """Pad rows into the bucket shape: int32 input ids, attention mask, token type ids."""
+    """Pad rows into the bucket shape: int32 input ids, attention mask, token type ids.
+
+    Filler rows (beyond len(rows)) are an empty `[CLS] [SEP]` input, never an all-masked row,
+    which some backends turn into NaN; their outputs are discarded.
+    """
+    from streamer.model.tokenize import CLS_ID, SEP_ID
+
     ids = np.zeros((padded_rows, seq_len), dtype=np.int32)
     mask = np.zeros((padded_rows, seq_len), dtype=np.int32)
     types = np.zeros((padded_rows, seq_len), dtype=np.int32)
@@ -72,6 +77,9 @@ def pack_batch(rows: Sequence[Row], padded_rows: int, seq_len: int) -> tuple[np.
         ids[i, :n] = row.input_ids[:n]
         mask[i, :n] = 1
         types[i, :n] = row.token_type_ids[:n]
+    if padded_rows > len(rows):
+        ids[len(rows) :, 0], ids[len(rows) :, 1] = CLS_ID, SEP_ID
+        mask[len(rows) :, :2] = 1
     return ids, mask, types
 
 
@@ -211,15 +219,25 @@ def make_handlers(settings: Settings, model: ModelInfo, encoder: EncoderLike) ->
     if PathName.INTENT in settings.paths:
         handlers.append(
             IntentHandler(
-                PathName.INTENT, Task.INTENT, settings.topic_queries, settings.topic_intents,
-                model, encoder, settings,
-            )  # fmt: skip
+                PathName.INTENT,
+                Task.INTENT,
+                settings.topic_queries,
+                settings.topic_intents,
+                model,
+                encoder,
+                settings,
+            )
         )
     if PathName.DUPLICATE in settings.paths:
         handlers.append(
             DuplicateHandler(
-                PathName.DUPLICATE, Task.DUPLICATE, settings.topic_pairs,
-                settings.topic_duplicates, model, encoder, settings,
-            )  # fmt: skip
+                PathName.DUPLICATE,
+                Task.DUPLICATE,
+                settings.topic_pairs,
+                settings.topic_duplicates,
+                model,
+                encoder,
+                settings,
+            )
         )
     return handlers

@@ -160,9 +160,7 @@ class Service:
                 "(is the broker up? `make kafka-up`)"
             ) from exc
         await self._check_topics()
-        self._consumer.subscribe(
-            topics=sorted(self._by_topic), listener=_RebalanceListener(self)
-        )
+        self._consumer.subscribe(topics=sorted(self._by_topic), listener=_RebalanceListener(self))
         if s.metrics_port:
             self._health = HealthServer(self.metrics, self.is_ready, s.metrics_host, s.metrics_port)
             await self._health.start()
@@ -335,7 +333,15 @@ class Service:
         generation = self._generation.get(tp, 0)
         good: list[tuple[Any, Any]] = []
         for msg in messages:
-            self.watermark.track(tp, msg.offset)
+            try:
+                self.watermark.track(tp, msg.offset)
+            except ValueError:
+                # The consumer went back (offset reset / seek): the old tracking is void; late
+                # completions of the old generation are ignored by their generation number.
+                log.warning("offset went back", extra={"event": "offset_reset", "tp": str(tp)})
+                self.watermark.forget(tp)
+                generation = self._generation[tp] = generation + 1
+                self.watermark.track(tp, msg.offset)
             rt.backpressure.add(1)
             try:
                 good.append((msg, handler.decode(msg.value if msg.value is not None else b"")))
@@ -367,7 +373,6 @@ class Service:
                 input_ids=ids,
                 token_type_ids=types,
                 truncated=truncated or bool(getattr(ev, "truncated", False)),
-                enqueued_at=now,
             )
             for batch in rt.batcher.add(row, row.n_tokens, now):
                 self._dispatch(rt, batch)
@@ -375,7 +380,9 @@ class Service:
     async def _linger_ticker(self) -> None:
         """Close batches whose linger expired; sleeps until the nearest deadline."""
         while not self._stopping.is_set():
-            deadlines = [d for rt in self.paths.values() if (d := rt.batcher.deadline()) is not None]
+            deadlines = [
+                d for rt in self.paths.values() if (d := rt.batcher.deadline()) is not None
+            ]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 0.5
             self._wake_ticker.clear()
             with contextlib.suppress(TimeoutError):
@@ -397,7 +404,9 @@ class Service:
         """Run one batch through the model and publish its results; never raises."""
         name = rt.handler.name
         rows = batch.items
-        queue_wait = batch.opened_at - min(r.enqueued_at for r in rows)
+        # queue: closed -> picked up by this task (event-loop lag under load).
+        queue_wait = time.monotonic() - batch.closed_at
+        rt.linger.observe("queue", max(0.0, queue_wait))
         self.metrics.stage_latency.labels(name, "queue").observe(max(0.0, queue_wait))
         self.metrics.stage_latency.labels(name, "linger").observe(batch.closed_at - batch.opened_at)
         self.metrics.batch_size.labels(name).observe(len(rows))
@@ -450,7 +459,9 @@ class Service:
             futures = []
             for i in pending:
                 key = rows[i].event.event_id.encode()
-                futures.append(await self._producer.send(topic, values[i], key=key, headers=headers))
+                futures.append(
+                    await self._producer.send(topic, values[i], key=key, headers=headers)
+                )
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
             failed = [i for i, o in zip(pending, outcomes, strict=True) if isinstance(o, Exception)]
             if failed:
@@ -574,7 +585,9 @@ class Service:
         for rt in self.paths.values():
             action = rt.backpressure.decide()
             if action is Action.PAUSE:
-                tps = [tp for tp in self._consumer.assignment() if tp.topic == rt.handler.source_topic]
+                tps = [
+                    tp for tp in self._consumer.assignment() if tp.topic == rt.handler.source_topic
+                ]
                 self._consumer.pause(*tps)
                 rt.paused.update(tps)
             elif action is Action.RESUME:
