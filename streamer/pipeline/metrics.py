@@ -50,7 +50,11 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "streamer_batch_rows", "Real rows per batch.", ["path"], buckets=SIZE_BUCKETS, registry=r
+            "streamer_batch_rows",
+            "Real rows per batch.",
+            ["path"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
         )
         self.batch_fill = Histogram(
             "streamer_batch_fill_ratio",
@@ -63,7 +67,10 @@ class Metrics:
             "streamer_records_in_total", "Records fetched.", ["path"], registry=r
         )
         self.results_out = Counter(
-            "streamer_results_out_total", "Results acknowledged by the broker.", ["path"], registry=r
+            "streamer_results_out_total",
+            "Results acknowledged by the broker.",
+            ["path"],
+            registry=r,
         )
         self.dlq = Counter(
             "streamer_dlq_total", "Records sent to the DLQ, by error code.", ["code"], registry=r
@@ -132,7 +139,11 @@ class HealthServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
                 pass
             parts = request_line.decode("latin-1").split()
             target = parts[1] if len(parts) >= 2 else "/"
