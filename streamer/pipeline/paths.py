@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamer.config import PathName, Settings
+from streamer.errors import EncodeError
 from streamer.model.tasks import Task
 from streamer.records import codec
 from streamer.records.types import DuplicateResult, IntentResult, ProductPairEvent, QueryEvent
@@ -120,8 +121,8 @@ class PathHandler:
         """Token ids for a chunk of events, one tokenizer call."""
         raise NotImplementedError
 
-    def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes]:
-        """Encoded result records for rows (scores has at least len(rows) rows)."""
+    def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes | EncodeError]:
+        """Encoded result per row, or the EncodeError (e.g. NaN score) that sends it to the DLQ."""
         raise NotImplementedError
 
 
@@ -134,17 +135,18 @@ class IntentHandler(PathHandler):
     def tokenize(self, events: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         return _rows_from_encoding(self.encoder.encode_queries([e.query for e in events]))
 
-    def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes]:
+    def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes | EncodeError]:
         labels = self.model.labels
         now_ms = int(time.time() * 1000)
-        out = []
+        out: list[bytes | EncodeError] = []
         top = np.argsort(-scores[: len(rows)], axis=1)[:, :TOP_K_SCORES]
         for i, row in enumerate(rows):
             best = int(top[i, 0])
             event = row.event
             assert isinstance(event, QueryEvent)
             out.append(
-                codec.encode_intent_result(
+                _encoded(
+                    codec.encode_intent_result,
                     IntentResult(
                         event_id=event.event_id,
                         intent=labels[best],
@@ -155,7 +157,7 @@ class IntentHandler(PathHandler):
                         source_ts_ms=row.source_ts_ms,
                         processed_ts_ms=now_ms,
                         truncated=row.truncated,
-                    )
+                    ),
                 )
             )
         return out
@@ -174,16 +176,17 @@ class DuplicateHandler(PathHandler):
         rights = [serialize_product(product_fields(e.right)) for e in events]
         return _rows_from_encoding(self.encoder.encode_pairs(lefts, rights))
 
-    def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes]:
+    def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes | EncodeError]:
         threshold = self.model.duplicate_threshold
         now_ms = int(time.time() * 1000)
-        out = []
+        out: list[bytes | EncodeError] = []
         for i, row in enumerate(rows):
             event = row.event
             assert isinstance(event, ProductPairEvent)
             score = float(scores[i, 0])
             out.append(
-                codec.encode_duplicate_result(
+                _encoded(
+                    codec.encode_duplicate_result,
                     DuplicateResult(
                         event_id=event.event_id,
                         left_id=event.left.id,
@@ -196,10 +199,18 @@ class DuplicateHandler(PathHandler):
                         source_ts_ms=row.source_ts_ms,
                         processed_ts_ms=now_ms,
                         truncated=row.truncated,
-                    )
+                    ),
                 )
             )
         return out
+
+
+def _encoded(encode: Any, result: Any) -> bytes | EncodeError:
+    """Encode one result; an unencodable one (NaN, out of range) is returned, not raised."""
+    try:
+        return bytes(encode(result))
+    except EncodeError as err:
+        return err
 
 
 def product_fields(product: Any) -> dict[str, object]:

@@ -440,9 +440,17 @@ class Service:
         model_s = time.monotonic() - t0
         rt.linger.observe("model", model_s)
         self.metrics.stage_latency.labels(name, "model").observe(model_s)
-        scores = np.asarray(scores)
-        values = rt.handler.results(rows, scores)
-        await self._publish(rt, rows, values)
+        outcomes = rt.handler.results(rows, np.asarray(scores))
+        good_rows: list[Row] = []
+        values: list[bytes] = []
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, bytes):
+                good_rows.append(row)
+                values.append(outcome)
+            else:
+                self._dead_letter_row(rt, row, ErrorCode.MODEL_ERROR, outcome.reason)
+        if good_rows:
+            await self._publish(rt, good_rows, values)
 
     async def _publish(self, rt: PathRuntime, rows: Sequence[Row], values: list[bytes]) -> None:
         """Send results, wait for every ack, then mark their offsets done."""
