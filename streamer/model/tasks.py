@@ -1,10 +1,12 @@
-"""Model tasks: which head of the shared BERT backbone a batch runs through."""
+"""The two tasks the multi-task model serves; an IntEnum so shared memory can carry it as an int."""
+
+from __future__ import annotations
 
 from enum import IntEnum
 
 
 class Task(IntEnum):
-    """Head selector; the integer value travels in the shared-memory slot header."""
+    """Which head of the model a batch is for (the value travels over shared memory)."""
 
     INTENT = 0
     DUPLICATE = 1
