@@ -303,14 +303,19 @@ class WorkerRing:
     def attach(cls, handle: RingHandle) -> WorkerRing:
         """Map an existing segment (worker side); checks the header against the handle."""
         shm = _attach_untracked(handle.name)
-        ring = cls(shm, handle.geometry, owner=False)
         g = handle.geometry
-        found = (int(ring._magic[0]), *(int(x) for x in ring._h32[2:7]))
+        assert shm.buf is not None
+        # Check before building views: a mismatched geometry could point past the end.
+        header = bytes(shm.buf[:HEADER_BYTES])
+        found = (
+            int.from_bytes(header[:8], "little"),
+            *(int.from_bytes(header[i : i + 4], "little") for i in range(8, 28, 4)),
+        )
         expected = (MAGIC, VERSION, g.n_slots, g.max_batch, g.max_seq_len, g.max_outputs)
-        if found != expected:
-            ring.close()
+        if found != expected or shm.size < g.total_bytes:
+            shm.close()
             raise ValueError(f"segment {handle.name} header {found} != expected {expected}")
-        return ring
+        return cls(shm, g, owner=False)
 
     @property
     def handle(self) -> RingHandle:
