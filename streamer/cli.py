@@ -10,6 +10,11 @@ import sys
 # Imported lazily so `streamer --help` does not import torch.
 COMMANDS: dict[str, str] = {
     "run": "streamer.app",
+    "demo": "streamer.demo",
+    "topics": "streamer.kafka.topics_cli",
+    "produce": "streamer.bench.produce",
+    "tail": "streamer.bench.tail",
+    "bench": "streamer.bench.command",
 }
 
 

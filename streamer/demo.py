@@ -1,0 +1,205 @@
+"""Run the whole job on this machine: Kafka, model, topics, the service under real load, a summary.
+
+`make demo` calls this. It starts the local Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is
+set), takes the newest compiled artifact under artifacts/ (compiling or building the tiny model
+when there is none), creates fresh topics, runs `streamer run` as its own process, offers real
+queries and product pairs from ../shared/data (with a share of malformed records) for the
+given duration, and prints events in / results out / DLQ / TPS / P50 / P99 per path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from streamer.config import repo_root
+
+ARTIFACTS = repo_root() / "artifacts"
+
+
+def pick_artifact() -> Path:
+    """The newest compiled cpu artifact; compile the newest trained one, or build the tiny model."""
+    compiled = sorted(
+        (p.parent for p in ARTIFACTS.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime
+    )
+    trained = sorted(
+        (
+            p.parent
+            for p in ARTIFACTS.glob("*/eval.json")
+            if not (p.parent / "manifest.json").exists()
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if trained and (not compiled or trained[-1].stat().st_mtime > compiled[-1].stat().st_mtime):
+        out = trained[-1].with_name(trained[-1].name + "-cpu")
+        print(f"compiling {trained[-1].name} for the cpu target -> {out.name}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "compile", "--target", "cpu", "--artifact", str(trained[-1]),
+             "--out", str(out)],
+            check=True, cwd=repo_root(),
+        )  # fmt: skip
+        return out
+    if compiled:
+        return compiled[-1]
+    print(
+        "no trained model (run `make model` for the real one): building the tiny model", flush=True
+    )
+    out = ARTIFACTS / "tiny"
+    subprocess.run(
+        [sys.executable, "-m", "streamer.model.tiny", "--out", str(out)],
+        check=True,
+        cwd=repo_root(),
+    )
+    return next(p.parent for p in out.glob("*/manifest.json"))
+
+
+async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from streamer.bench.events import EventFactory
+    from streamer.bench.loadgen import run_load, schedule
+    from streamer.bench.sink import LatencyRecorder, Sink
+    from streamer.kafka.topics import ensure_topics
+    from streamer.records.samples import BAD_RECORDS
+
+    console = Console()
+    artifact = pick_artifact()
+    tag = uuid.uuid4().hex[:6]
+    topics = {
+        "queries": f"demo-{tag}.search.queries.v1",
+        "pairs": f"demo-{tag}.search.product-pairs.v1",
+        "intents": f"demo-{tag}.search.query-intents.v1",
+        "duplicates": f"demo-{tag}.search.product-duplicates.v1",
+        "dlq": f"demo-{tag}.search.streamer.dlq.v1",
+    }
+    await ensure_topics(bootstrap, {name: args.partitions for name in topics.values()})
+    env = dict(os.environ)
+    env.update(
+        {
+            "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
+            "STREAMER_ARTIFACT": str(artifact),
+            "STREAMER_GROUP_ID": f"demo-{tag}",
+            "STREAMER_METRICS_PORT": str(args.metrics_port),
+            **{f"STREAMER_TOPIC_{k.upper()}": v for k, v in topics.items()},
+        }
+    )
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamer-demo-{tag}.log"
+    with log_path.open("wb") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "run"], env=env, stdout=log, stderr=log
+        )
+    try:
+        if not _wait_ready(args.metrics_port, service, 120):
+            console.print(f"[red]service did not become ready; log: {log_path}[/red]")
+            console.print(log_path.read_text()[-3000:])
+            return 1
+        console.print(
+            f"service up (artifact {artifact.name}); metrics: "
+            f"http://127.0.0.1:{args.metrics_port}/metrics  log: {log_path}"
+        )
+        sinks = {
+            "intent": Sink(bootstrap, topics["intents"]),
+            "duplicate": Sink(bootstrap, topics["duplicates"]),
+            "dlq": Sink(bootstrap, topics["dlq"]),
+        }
+        for sink in sinks.values():
+            sink.recorder = LatencyRecorder(None)
+            await sink.start(from_beginning=True)
+        bad = [raw for _, _, raw in BAD_RECORDS]
+        console.print(
+            f"offering {args.query_rate}/s queries and {args.pair_rate}/s product pairs "
+            f"for {args.duration:.0f} s ({args.bad_fraction:.0%} malformed) ..."
+        )
+        q_load, p_load = await asyncio.gather(
+            run_load(bootstrap, topics["queries"], schedule(args.query_rate, args.duration),
+                     EventFactory("query"), offered_rate=args.query_rate, bad_records=bad,
+                     bad_fraction=args.bad_fraction, seed=1),
+            run_load(bootstrap, topics["pairs"], schedule(args.pair_rate, args.duration),
+                     EventFactory("pair"), offered_rate=args.pair_rate, bad_records=bad,
+                     bad_fraction=args.bad_fraction, seed=2),
+        )  # fmt: skip
+        loads = {"intent": q_load, "duplicate": p_load}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(
+                set(loads[p].scheduled_ms) <= sinks[p].recorder.seen.keys() for p in loads
+            ) and len(sinks["dlq"].recorder.seen) + sinks["dlq"].recorder.unknown >= (
+                q_load.bad + p_load.bad
+            ):
+                break
+            await asyncio.sleep(0.2)
+        dlq_count = sum(sinks["dlq"].recorder.seen.values()) + sinks["dlq"].recorder.unknown
+        table = Table(title=f"streamer demo ({args.duration:.0f} s, artifact {artifact.name})")
+        for col in ("path", "events in", "malformed", "results out", "missing", "duplicates",
+                    "TPS", "P50 ms", "P99 ms", "P99.9 ms", "max ms"):  # fmt: skip
+            table.add_column(col, justify="right")
+        for path, load in loads.items():
+            rep = sinks[path].recorder.report()
+            missing = len(set(load.scheduled_ms) - sinks[path].recorder.seen.keys())
+            table.add_row(
+                path, str(load.sent), str(load.bad), str(rep.received), str(missing),
+                str(rep.duplicates), f"{rep.unique / args.duration:.0f}",
+                f"{rep.observed.p50_ms:.1f}", f"{rep.observed.p99_ms:.1f}",
+                f"{rep.observed.p999_ms:.1f}", f"{rep.observed.max_ms:.1f}",
+            )  # fmt: skip
+        console.print(table)
+        console.print(
+            f"DLQ records: {dlq_count} (malformed offered: {q_load.bad + p_load.bad}); "
+            "latency = scheduled send time -> result seen by a downstream consumer"
+        )
+        for sink in sinks.values():
+            await sink.stop()
+        return 0
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            code = service.wait(timeout=40)
+            print(f"service drained and exited with code {code}")
+        except subprocess.TimeoutExpired:
+            service.kill()
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `streamer demo`."""
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--query-rate", type=float, default=200.0, help="queries per second")
+    parser.add_argument("--pair-rate", type=float, default=20.0, help="product pairs per second")
+    parser.add_argument("--bad-fraction", type=float, default=0.01)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--metrics-port", type=int, default=9102)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo end to end (`streamer demo`)."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        return asyncio.run(_demo(args, bootstrap))
+    from streamer.kafka.local_broker import LocalKafka
+
+    print("starting the local Apache Kafka ...", flush=True)
+    with LocalKafka() as kafka:
+        print(f"Kafka {kafka.version} at {kafka.bootstrap_servers}", flush=True)
+        return asyncio.run(_demo(args, kafka.bootstrap_servers))
