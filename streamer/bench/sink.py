@@ -96,7 +96,7 @@ class LatencyRecorder:
     """Pure bookkeeping of one window: which ids came back, how late, how many times."""
 
     def __init__(self, scheduled_ms: Mapping[str, int] | None = None) -> None:
-        self.scheduled_ms: Mapping[str, int] = scheduled_ms or {}
+        self.scheduled_ms: Mapping[str, int] = {} if scheduled_ms is None else scheduled_ms
         self.strict = scheduled_ms is not None
         self.seen: dict[str, int] = {}
         self.observed = HdrHistogram(1, _MAX_US, 3)

@@ -28,10 +28,15 @@ def test_parse_stat_survives_odd_process_names() -> None:
 
 def test_tree_sums_descendants_only(tmp_path: Path) -> None:
     hz = os.sysconf("SC_CLK_TCK")
-    proc = fake_proc(tmp_path, {
-        10: ("root", 1, hz, 0), 11: ("child", 10, hz, hz), 12: ("grandchild", 11, 0, hz),
-        20: ("stranger", 1, 50 * hz, 0),
-    })  # fmt: skip
+    proc = fake_proc(
+        tmp_path,
+        {
+            10: ("root", 1, hz, 0),
+            11: ("child", 10, hz, hz),
+            12: ("grandchild", 11, 0, hz),
+            20: ("stranger", 1, 50 * hz, 0),
+        },
+    )
     assert cpu.process_tree(10, proc) == {10: 1.0, 11: 2.0, 12: 1.0}
     assert cpu.process_tree(99, proc) == {}
 

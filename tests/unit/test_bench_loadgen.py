@@ -72,7 +72,17 @@ def test_event_ids_are_unique_and_sortable() -> None:
 
 
 def test_generator_that_slipped_reports_it() -> None:
-    base = dict(topic="t", offered_rate=10.0, duration_s=1.0, scheduled=10, sent=10, acked=10,
-                failed=0, bad=0, started_at_ms=0)  # fmt: skip
-    assert not loadgen.LoadReport(**base, max_behind_ms=2.0, p99_behind_ms=1.0).fell_behind
-    assert loadgen.LoadReport(**base, max_behind_ms=50.0, p99_behind_ms=20.0).fell_behind
+    base = dict(
+        topic="t",
+        offered_rate=10.0,
+        duration_s=1.0,
+        scheduled=10,
+        sent=10,
+        acked=10,
+        failed=0,
+        bad=0,
+        started_at_ms=0,
+    )
+    assert not loadgen.LoadReport(**base, max_behind_ms=30.0, p99_behind_ms=12.0).fell_behind
+    assert loadgen.LoadReport(**base, max_behind_ms=90.0, p99_behind_ms=60.0).fell_behind
+    assert loadgen.LoadReport(**base, max_behind_ms=1500.0, p99_behind_ms=1.0).fell_behind

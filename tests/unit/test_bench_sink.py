@@ -73,3 +73,11 @@ def test_source_timestamp_from_a_result_record() -> None:
     assert source_ts_from_value(b"not json") is None
     assert source_ts_from_value(b"[1]") is None
     assert source_ts_from_value(None) is None
+
+
+def test_recorder_shares_the_generators_map_even_while_it_is_empty() -> None:
+    scheduled: dict[str, int] = {}
+    rec = LatencyRecorder(scheduled)
+    scheduled["late-registered"] = 0  # the generator fills the map as it sends
+    rec.observe("late-registered", 3, 2)
+    assert rec.report().unique == 1 and rec.complete

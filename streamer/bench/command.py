@@ -1,0 +1,82 @@
+"""Benchmark the service against naive, peer and model-only contenders (knee search, report)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from streamer.bench.data import REPO_ROOT
+from streamer.bench.harness import ALL_CONTENDERS, BenchConfig, run_bench
+from streamer.bench.report import markdown, plots
+
+
+def default_artifact() -> Path | None:
+    """The newest compiled cpu artifact under artifacts/ (what `make compile-cpu` writes)."""
+    found = sorted(
+        (p for p in (REPO_ROOT / "artifacts").glob("*-cpu") if (p / "manifest.json").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return found[-1] if found else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `streamer bench`."""
+    parser.add_argument("--quick", action="store_true", help="short steps; under 10 minutes")
+    parser.add_argument("--artifact", type=Path, help="compiled artifact (default: newest *-cpu)")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(ALL_CONTENDERS),
+        help=f"comma list of {', '.join(ALL_CONTENDERS)}",
+    )
+    parser.add_argument("--paths", default="intent,duplicate")
+    parser.add_argument(
+        "--bootstrap",
+        help="use this cluster (else KAFKA_BOOTSTRAP_SERVERS, "
+        "else a local Apache Kafka started for the run)",
+    )
+    parser.add_argument("--out", type=Path, help="output dir (default bench-results/<date>)")
+    parser.add_argument("--step-s", type=float, help="seconds per load step")
+    parser.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
+    parser.add_argument("--data-dir", help="shared data sets (default ../shared/data)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, then write results.json, results.md and the plots."""
+    artifact = args.artifact or default_artifact()
+    if artifact is None or not (Path(artifact) / "manifest.json").is_file():
+        print(
+            "no compiled artifact: run `make model compile-cpu` or pass --artifact DIR",
+            file=sys.stderr,
+        )
+        return 2
+    contenders = tuple(c for c in args.contenders.split(",") if c)
+    unknown = set(contenders) - set(ALL_CONTENDERS)
+    if unknown:
+        print(f"unknown contenders: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    out = args.out or REPO_ROOT / "bench-results" / time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    overrides = {"step_s": args.step_s} if args.step_s else {}
+    cfg = BenchConfig.preset(
+        args.quick,
+        Path(artifact).resolve(),
+        out,
+        contenders=contenders,
+        paths=tuple(p for p in args.paths.split(",") if p),
+        bootstrap=args.bootstrap,
+        arrival=args.arrival,
+        data_root=args.data_dir,
+        **overrides,
+    )
+    started = time.monotonic()
+    results = asyncio.run(run_bench(cfg, ["streamer", "bench", *sys.argv[2:]]))
+    (out / "results.md").write_text(markdown(results))
+    written = plots(results, out)
+    print(
+        f"\nwrote {out / 'results.json'}, {out / 'results.md'} and {len(written)} plots "
+        f"in {time.monotonic() - started:.0f} s"
+    )
+    print((out / "results.md").read_text())
+    return 0

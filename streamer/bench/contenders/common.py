@@ -1,0 +1,42 @@
+"""Command-line surface shared by the Kafka contenders, so the harness starts them all alike."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+READY_LINE = "READY"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Flags every Kafka contender takes: where to read, where to write, which model."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--in-topic", required=True)
+    p.add_argument("--out-topic", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--threads", type=int, default=None, help="model threads (default: runner's)")
+    p.add_argument("--max-batch", type=int, default=64, help="batching contenders only")
+    p.add_argument("--linger-ms", type=float, default=5.0, help="batching contenders only")
+    return p
+
+
+def announce_ready() -> None:
+    """Tell the harness (reading our stdout) that partitions are assigned and the model is warm."""
+    print(READY_LINE, flush=True)
+    sys.stdout.flush()
+
+
+def warmup_record(path: str) -> bytes:
+    """A valid event of the path's kind, to warm the model before announcing readiness."""
+    from streamer.bench.events import pair_event_bytes, query_event_bytes
+
+    if path == "intent":
+        return query_event_bytes("warmup", 0, "wireless noise cancelling headphones")
+    from streamer.bench.data import Product, ProductPair
+
+    left = Product("B0WARMUP01", "usb c cable 2m", "anker", "cables", "braided usb c cable", 9.99)
+    right = Product("B0WARMUP02", "anker usb-c cable 6ft", "anker", "cables", "", 10.49)
+    return pair_event_bytes("warmup", 0, ProductPair(left, right, 1))

@@ -1,0 +1,90 @@
+"""Model-only contender: the compiled model alone, per shape bucket, no Kafka. The ceiling.
+
+Inputs are real tokenized queries/pairs from ../shared/data, padded to each bucket shape (a
+static-shape model pays for the padded shape, so that is the honest cost of the bucket).
+Prints one JSON object per bucket on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import orjson
+
+from streamer.bench.contenders.job import ModelJob
+
+
+def measure(
+    job: ModelJob,
+    ids: np.ndarray,
+    types: np.ndarray,
+    lengths: list[int],
+    budget_s: float,
+    max_iters: int,
+) -> dict[str, float]:
+    """Median/P99 milliseconds per call and items/s for one (B, L) input."""
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    job.runner.run(job.handler.task, ids, mask, types)  # first call of a shape may allocate
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < max_iters and (len(times) < 3 or time.perf_counter() < deadline):
+        t = time.perf_counter()
+        job.runner.run(job.handler.task, ids, mask, types)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    med = statistics.median(times)
+    return {
+        "iters": len(times),
+        "median_ms": med * 1000,
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+        "items_per_s": ids.shape[0] / med,
+    }
+
+
+def token_rows(job: ModelJob, path: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids of `n` real events of the path's kind."""
+    from streamer.bench.events import EventFactory
+
+    factory = EventFactory("query" if path == "intent" else "pair")
+    events = [job.handler.decode(factory(f"m{i}", 0, i)) for i in range(n)]
+    return [(ids, types) for ids, types, _ in job.handler.tokenize(events)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m streamer.bench.contenders.model_only --artifact DIR --path intent`."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-sizes", default="", help="comma list; default: the artifact's buckets")
+    p.add_argument("--budget-s", type=float, default=2.0, help="time per bucket")
+    p.add_argument("--max-iters", type=int, default=2000)
+    a = p.parse_args(argv)
+    job = ModelJob.load(a.artifact, a.path, a.threads)
+    sizes = [int(x) for x in a.batch_sizes.split(",") if x] or list(job.buckets.batch_sizes)
+    rows = token_rows(job, a.path, max(sizes))
+    for seq in job.buckets.seq_lens:
+        for b in sizes:
+            ids = np.zeros((b, seq), dtype=np.int32)
+            types = np.zeros((b, seq), dtype=np.int32)
+            lengths = []
+            for i in range(b):
+                row_ids, row_types = rows[i % len(rows)]
+                n = min(len(row_ids), seq)
+                ids[i, :n], types[i, :n] = row_ids[:n], row_types[:n]
+                lengths.append(n)
+            result = measure(job, ids, types, lengths, a.budget_s, a.max_iters)
+            line = {"path": a.path, "batch": b, "seq_len": seq, **result}
+            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,613 @@
+"""Side-by-side benchmark: each contender on fresh topics, offered load stepped up to the knee.
+
+For every Kafka contender and path: create fresh topics (results topic stamped with the
+broker's LogAppendTime, so a result's timestamp *is* its broker acknowledgement), start the
+contender as a subprocess, wait until it is ready, warm it up, then run fixed-rate open-loop
+steps chosen by `KneeSearch`. Each step records latency (to broker append and to downstream
+observation), missing/duplicate results, and CPU seconds of the contender's process tree and
+of the broker's JVM. A contender that fails to start is skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamer.bench.cpu import CpuMeter, listening_pid
+from streamer.bench.events import EventFactory
+from streamer.bench.knee import KneeSearch, StepOutcome
+from streamer.bench.loadgen import Arrival, new_run_tag, run_load, schedule
+from streamer.bench.sink import LatencyRecorder, Sink
+from streamer.bench.stages import ready as http_ready
+from streamer.bench.stages import scrape, stage_deltas
+
+KAFKA_CONTENDERS = ("streamer", "naive", "peer")
+ALL_CONTENDERS = ("model-only", *KAFKA_CONTENDERS)
+PATH_KIND = {"intent": "query", "duplicate": "pair"}
+
+
+@dataclass
+class PathPlan:
+    """How to search one path: latency targets (the first is the headline) and the ramp."""
+
+    targets_ms: tuple[float, ...]
+    start_rate: float
+    growth: float
+    max_steps: int
+    drain_s: float
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run needs; `quick()` and `full()` are the documented presets."""
+
+    artifact: Path
+    out_dir: Path
+    contenders: tuple[str, ...] = ALL_CONTENDERS
+    paths: tuple[str, ...] = ("intent", "duplicate")
+    bootstrap: str | None = None
+    step_s: float = 30.0
+    warmup_s: float = 3.0
+    refine_steps: int = 2
+    arrival: Arrival = "constant"
+    partitions: int = 4
+    ready_timeout_s: float = 120.0
+    model_only_budget_s: float = 2.0
+    plans: dict[str, PathPlan] = field(default_factory=dict)
+    data_root: str | None = None
+    quick: bool = False
+
+    @classmethod
+    def preset(cls, quick: bool, artifact: Path, out_dir: Path, **overrides: Any) -> BenchConfig:
+        """`--quick` fits in under 10 minutes on 2 cores; the full run is for a quiet machine."""
+        if quick:
+            plans = {
+                "intent": PathPlan((10.0, 50.0), 50.0, 2.0, 6, 3.0),
+                "duplicate": PathPlan((1000.0,), 10.0, 2.5, 4, 5.0),
+            }
+            base: dict[str, Any] = dict(
+                step_s=6.0,
+                warmup_s=2.0,
+                refine_steps=0,
+                model_only_budget_s=0.5,
+                ready_timeout_s=90.0,
+            )
+        else:
+            plans = {
+                "intent": PathPlan((10.0, 50.0), 50.0, 1.5, 14, 5.0),
+                "duplicate": PathPlan((1000.0,), 10.0, 1.5, 12, 10.0),
+            }
+            base = {}
+        base.update(overrides)
+        return cls(artifact=artifact, out_dir=out_dir, plans=plans, quick=quick, **base)
+
+
+# --------------------------------------------------------------------------- topics
+
+
+async def create_topics(
+    bootstrap: str, names: list[str], partitions: int, log_append: set[str]
+) -> None:
+    """Create fresh topics; result topics get LogAppendTime (timestamp = broker append)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    n,
+                    partitions,
+                    1,
+                    topic_configs={"message.timestamp.type": "LogAppendTime"}
+                    if n in log_append
+                    else {},
+                )
+                for n in names
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Best-effort clean-up so an external cluster does not collect benchmark topics."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(Exception):
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+@dataclass
+class Topics:
+    """The fresh topics of one (contender, path) run."""
+
+    source: str
+    results: str
+    dlq: str
+    other_source: str
+    other_results: str
+
+    @classmethod
+    def fresh(cls, run_id: str, contender: str, path: str) -> Topics:
+        """Unique names per run so no old record can leak into a measurement."""
+        p = f"bench.{run_id}.{contender}.{path}"
+        return cls(f"{p}.in", f"{p}.out", f"{p}.dlq", f"{p}.in2", f"{p}.out2")
+
+    def all(self) -> list[str]:
+        """Every topic to create (the service wants all five even when serving one path)."""
+        return [self.source, self.results, self.dlq, self.other_source, self.other_results]
+
+
+def free_port() -> int:
+    """A free local TCP port for the streamer's metrics endpoint."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def contender_command(
+    name: str, cfg: BenchConfig, bootstrap: str, path: str, topics: Topics, group: str
+) -> tuple[list[str], dict[str, str], int | None]:
+    """argv, environment and (for streamer) metrics port of a Kafka contender."""
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if name == "streamer":
+        port = free_port()
+        intent = path == "intent"
+        env.update(
+            {
+                "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
+                "STREAMER_ARTIFACT": str(cfg.artifact),
+                "STREAMER_PATHS": path,
+                "STREAMER_GROUP_ID": group,
+                "STREAMER_TOPIC_QUERIES": topics.source if intent else topics.other_source,
+                "STREAMER_TOPIC_PAIRS": topics.other_source if intent else topics.source,
+                "STREAMER_TOPIC_INTENTS": topics.results if intent else topics.other_results,
+                "STREAMER_TOPIC_DUPLICATES": topics.other_results if intent else topics.results,
+                "STREAMER_TOPIC_DLQ": topics.dlq,
+                "STREAMER_METRICS_PORT": str(port),
+            }
+        )
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        return [sys.executable, "-m", "streamer", "run"], env, port
+    module = {"naive": "naive", "peer": "peer"}[name]
+    argv = [
+        sys.executable,
+        "-m",
+        f"streamer.bench.contenders.{module}",
+        "--bootstrap",
+        bootstrap,
+        "--in-topic",
+        topics.source,
+        "--out-topic",
+        topics.results,
+        "--group",
+        group,
+        "--artifact",
+        str(cfg.artifact),
+        "--path",
+        path,
+    ]
+    return argv, env, None
+
+
+class Contender:
+    """A running contender subprocess: readiness, CPU meter, stop."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        metrics_port: int | None,
+        log_path: Path,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.metrics_port = metrics_port
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.meter: CpuMeter | None = None
+        self._stdout_task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float) -> str | None:
+        """Start and wait for readiness; returns None when ready, else why it is not."""
+        log = self.log_path.open("wb")
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        self.meter = CpuMeter(self.proc.pid)
+        deadline = time.monotonic() + timeout_s
+        if self.metrics_port is None:
+            assert self.proc.stdout is not None
+            while time.monotonic() < deadline:
+                try:
+                    line = await asyncio.wait_for(self.proc.stdout.readline(), timeout=1.0)
+                except TimeoutError:
+                    continue
+                if not line:
+                    break  # stdout closed: the process is exiting
+                if line.strip() == b"READY":
+                    # keep reading stdout so a chatty contender never blocks on a full pipe
+                    self._stdout_task = asyncio.create_task(self._drain_stdout())
+                    return None
+        else:
+            while time.monotonic() < deadline and self.proc.returncode is None:
+                if await asyncio.to_thread(http_ready, self.metrics_port):
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), timeout=0.5)
+        code = self.proc.returncode
+        await self.stop()
+        why = (
+            f"exited with code {code}" if code is not None else f"not ready after {timeout_s:.0f}s"
+        )
+        return f"{why}; last log lines: {self.log_tail()}"
+
+    async def _drain_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while await self.proc.stdout.readline():
+            pass
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.returncode is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        """The end of the contender's stderr, for skip reasons."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM (drain), then SIGKILL of the whole process group."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+# --------------------------------------------------------------------------- steps
+
+
+async def measure_step(
+    cfg: BenchConfig,
+    bootstrap: str,
+    topics: Topics,
+    factory: EventFactory,
+    sink: Sink,
+    contender: Contender,
+    broker: CpuMeter | None,
+    rate: float,
+    duration_s: float,
+    drain_s: float,
+    seed: int,
+) -> dict[str, Any]:
+    """One fixed-rate open-loop step: send, wait for results, account latency and CPU."""
+    scheduled: dict[str, int] = {}
+    sink.recorder = LatencyRecorder(scheduled)
+    before_stages = scrape(contender.metrics_port) if contender.metrics_port else None
+    cpu0 = contender.meter.sample() if contender.meter else 0.0
+    bro0 = broker.sample() if broker else 0.0
+    offsets = schedule(rate, duration_s, cfg.arrival, seed)
+
+    load = await run_load(
+        bootstrap,
+        topics.source,
+        offsets,
+        factory,
+        offered_rate=rate,
+        run_tag=new_run_tag(),
+        seed=seed,
+        scheduled_ms=scheduled,
+    )
+    await sink.wait_complete(drain_s)
+    report = sink.recorder.report()
+    cpu = (contender.meter.sample() if contender.meter else 0.0) - cpu0
+    bro = (broker.sample() if broker else 0.0) - bro0
+    after_stages = scrape(contender.metrics_port) if contender.metrics_port else None
+    events = max(report.unique, 1)
+    step: dict[str, Any] = {
+        "offered_rate": rate,
+        "load": load.summary(),
+        "sink": report.as_dict(),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_1k": round(cpu / events * 1000, 4),
+        "broker_cpu_s": round(bro, 3),
+        "broker_cpu_s_per_1k": round(bro / events * 1000, 4) if broker else None,
+        "contender_alive": contender.alive(),
+    }
+    if before_stages is not None and after_stages is not None:
+        step["stages"] = [s.__dict__ for s in stage_deltas(before_stages, after_stages)]
+    return step
+
+
+def outcome_of(step: dict[str, Any]) -> StepOutcome:
+    """The knee-search view of a step: P99 to broker acknowledgement, missing, generator slip."""
+    sink = step["sink"]
+    p99 = sink["broker"]["p99_ms"]
+    if sink["broker"]["count"] == 0:
+        p99 = sink["observed"]["p99_ms"]
+    missing = sink["missing"] + (0 if step["contender_alive"] else 1)
+    return StepOutcome(step["offered_rate"], p99, missing, step["load"]["fell_behind"])
+
+
+async def run_contender_path(
+    cfg: BenchConfig,
+    run_id: str,
+    bootstrap: str,
+    broker_pid: int | None,
+    name: str,
+    path: str,
+    log_dir: Path,
+    say: Any,
+) -> dict[str, Any]:
+    """Knee search of one contender on one path; never raises for a contender's failure."""
+    plan = cfg.plans[path]
+    topics = Topics.fresh(run_id, name, path)
+    group = f"bench-{run_id}-{name}-{path}"
+    result: dict[str, Any] = {
+        "contender": name,
+        "path": path,
+        "targets_ms": list(plan.targets_ms),
+        "steps": [],
+        "status": "ok",
+    }
+    await create_topics(bootstrap, topics.all(), cfg.partitions, {topics.results})
+    argv, env, port = contender_command(name, cfg, bootstrap, path, topics, group)
+    contender = Contender(name, argv, env, port, log_dir / f"{name}-{path}.log")
+    sink = Sink(bootstrap, topics.results)
+    try:
+        t0 = time.monotonic()
+        why = await contender.start(cfg.ready_timeout_s)
+        if why is not None:
+            result.update(status="skipped", reason=f"{name} failed to start: {why}")
+            say(f"  {name}/{path}: SKIPPED ({result['reason'][:300]})")
+            return result
+        result["startup_s"] = round(time.monotonic() - t0, 2)
+        await sink.start()
+        factory = EventFactory(PATH_KIND[path], cfg.data_root)
+        broker = CpuMeter(broker_pid) if broker_pid else None
+        warm = await measure_step(
+            cfg,
+            bootstrap,
+            topics,
+            factory,
+            sink,
+            contender,
+            broker,
+            max(1.0, plan.start_rate / 2),
+            cfg.warmup_s,
+            plan.drain_s,
+            1,
+        )
+        result["warmup"] = {"offered_rate": warm["offered_rate"], "sink": warm["sink"]}
+        search = KneeSearch(
+            plan.targets_ms,
+            plan.start_rate,
+            plan.growth,
+            refine_steps=cfg.refine_steps,
+            max_steps=plan.max_steps,
+        )
+        seed = 2
+        while (rate := search.next_rate()) is not None:
+            step = await measure_step(
+                cfg,
+                bootstrap,
+                topics,
+                factory,
+                sink,
+                contender,
+                broker,
+                rate,
+                cfg.step_s,
+                plan.drain_s,
+                seed,
+            )
+            seed += 1
+            out = outcome_of(step)
+            step["meets"] = {str(t): out.meets(t) for t in plan.targets_ms}
+            result["steps"].append(step)
+            search.record(out)
+            s = step["sink"]
+            say(
+                f"  {name}/{path} @ {rate:8.1f}/s: p50 {s['broker']['p50_ms']:8.2f} ms  "
+                f"p99 {s['broker']['p99_ms']:8.2f} ms  max {s['broker']['max_ms']:8.1f} ms  "
+                f"n={s['unique']} missing={s['missing']} dup={s['duplicates']}  "
+                f"cpu {step['cpu_s_per_1k']:.2f} s/1k"
+            )
+            if not contender.alive():
+                result.update(status="crashed", reason=f"{name} died: {contender.log_tail()}")
+                break
+        result["max_sustained"] = {str(t): search.max_sustained(t) for t in plan.targets_ms}
+    except Exception as exc:  # a broken contender or broker must not lose the other results
+        result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+        say(f"  {name}/{path}: ERROR {result['reason']}")
+    finally:
+        await sink.stop()
+        await contender.stop()
+        await delete_topics(bootstrap, topics.all())
+    return result
+
+
+def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]:
+    """The model alone per bucket, as a subprocess; CPU from the reaped child's rusage."""
+    argv = [
+        sys.executable,
+        "-m",
+        "streamer.bench.contenders.model_only",
+        "--artifact",
+        str(cfg.artifact),
+        "--path",
+        path,
+        "--budget-s",
+        str(cfg.model_only_budget_s),
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with (log_dir / f"model-only-{path}.log").open("wb") as log:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, timeout=600, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    rows = [
+        orjson.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith(b"{")
+    ]
+    if proc.returncode != 0 or not rows:
+        tail = (log_dir / f"model-only-{path}.log").read_text(errors="replace").splitlines()[-5:]
+        return {
+            "contender": "model-only",
+            "path": path,
+            "status": "skipped",
+            "reason": f"exited with code {proc.returncode}: {' | '.join(tail)}",
+        }
+    items = sum(r["iters"] * r["batch"] for r in rows)
+    return {
+        "contender": "model-only",
+        "path": path,
+        "status": "ok",
+        "buckets": rows,
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_1k": round(cpu / max(items, 1) * 1000, 4),
+        "best_items_per_s": max(r["items_per_s"] for r in rows),
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def broker_for(cfg: BenchConfig, say: Any) -> Any:
+    """The configured cluster, else a local Apache Kafka started (and stopped) for this run."""
+    external = cfg.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        port = int(external.split(",")[0].rsplit(":", 1)[1])
+        pid = listening_pid(port)  # metered only when the broker runs on this machine
+        yield external, pid, {"kind": "external", "bootstrap": external, "local_pid": pid}
+        return
+    from streamer.kafka.local_broker import LocalKafka
+
+    say("starting a local Apache Kafka ...")
+    with LocalKafka() as kafka:
+        yield (
+            kafka.bootstrap_servers,
+            kafka.pid,
+            {"kind": "local Apache Kafka (KRaft)", "version": kafka.version},
+        )
+
+
+def run_meta(cfg: BenchConfig, argv: list[str]) -> dict[str, Any]:
+    """Who, where, what: every number in the report must be traceable to this."""
+    import platform
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    manifest: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        manifest = orjson.loads((cfg.artifact / "manifest.json").read_bytes())
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(argv),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "machine": {
+            "cpu": cpu_model,
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "artifact": {
+            "path": str(cfg.artifact),
+            "model_name": manifest.get("model_name"),
+            "model_version": manifest.get("model_version"),
+            "target": manifest.get("target"),
+        },
+        "quick": cfg.quick,
+        "step_s": cfg.step_s,
+        "arrival": cfg.arrival,
+        "partitions": cfg.partitions,
+        "plans": {k: v.__dict__ for k, v in cfg.plans.items()},
+    }
+
+
+async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict[str, Any]:
+    """The whole benchmark; returns (and writes) the results document."""
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = cfg.out_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    run_id = uuid.uuid4().hex[:8]
+    results: dict[str, Any] = {"meta": run_meta(cfg, argv), "runs": []}
+    for path in cfg.paths:
+        if "model-only" in cfg.contenders:
+            say(f"model-only/{path} ...")
+            r = await asyncio.to_thread(run_model_only, cfg, path, log_dir)
+            results["runs"].append(r)
+            say(f"  model-only/{path}: {r['status']} {r.get('reason', '')}")
+    kafka_contenders = [c for c in cfg.contenders if c in KAFKA_CONTENDERS]
+    if kafka_contenders:
+        with broker_for(cfg, say) as (bootstrap, broker_pid, broker_meta):
+            results["meta"]["broker"] = broker_meta
+            for path in cfg.paths:
+                for name in kafka_contenders:
+                    say(f"{name}/{path} ...")
+                    results["runs"].append(
+                        await run_contender_path(
+                            cfg, run_id, bootstrap, broker_pid, name, path, log_dir, say
+                        )
+                    )
+    (cfg.out_dir / "results.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    return results

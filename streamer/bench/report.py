@@ -1,0 +1,201 @@
+"""Benchmark results as a markdown table and PNG plots (latency and throughput vs offered load)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def best_step(run: dict[str, Any], target_ms: float) -> dict[str, Any] | None:
+    """The step measured at the max sustained rate for `target_ms`."""
+    rate = (run.get("max_sustained") or {}).get(str(target_ms))
+    if rate is None:
+        return None
+    for step in run["steps"]:
+        if step["offered_rate"] == rate:
+            return step
+    return None
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The summary table: max sustained rate per target, and the latency/CPU at that rate."""
+    meta = results["meta"]
+    lines = [
+        f"# Benchmark {meta['date_utc']}",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- git commit: `{meta['git_commit']}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
+        f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
+        f"{meta['machine']['platform']}",
+        f"- broker: {meta.get('broker', {}).get('kind', 'none')} "
+        f"{meta.get('broker', {}).get('version', '')}",
+        f"- model artifact: {meta['artifact']['model_name']} {meta['artifact']['model_version']} "
+        f"(target {meta['artifact']['target']}, `{meta['artifact']['path']}`)",
+        f"- steps: {meta['step_s']} s each, {meta['arrival']} arrivals, "
+        f"{meta['partitions']} partitions; latency = scheduled time -> result's broker "
+        "append time (LogAppendTime); `observed` = seen by a downstream consumer",
+        "",
+        "| contender | path | P99 target | max sustained rate (/s) | P50 ms | P99 ms | P99.9 ms "
+        "| max ms | P99 observed ms | results | CPU s/1k events | broker CPU s/1k |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        if run["contender"] == "model-only" or run["status"] != "ok":
+            continue
+        for target in run["targets_ms"]:
+            step = best_step(run, target)
+            rate = (run.get("max_sustained") or {}).get(str(target))
+            if step is None:
+                lines.append(
+                    f"| {run['contender']} | {run['path']} | {target:g} ms | "
+                    f"none met it | | | | | | | | |"
+                )
+                continue
+            b, o = step["sink"]["broker"], step["sink"]["observed"]
+            lines.append(
+                f"| {run['contender']} | {run['path']} | {target:g} ms | {_fmt(rate)} | "
+                f"{_fmt(b['p50_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | {_fmt(b['p999_ms'], 2)} | "
+                f"{_fmt(b['max_ms'], 2)} | {_fmt(o['p99_ms'], 2)} | {_fmt(step['sink']['unique'])} | "
+                f"{_fmt(step['cpu_s_per_1k'], 2)} | {_fmt(step['broker_cpu_s_per_1k'], 2)} |"
+            )
+    model_rows = [
+        r for r in results["runs"] if r["contender"] == "model-only" and r["status"] == "ok"
+    ]
+    if model_rows:
+        lines += [
+            "",
+            "## Model only (no Kafka): the ceiling",
+            "",
+            "| path | batch | seq len | ms/batch (median) | ms/batch (P99) | items/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in model_rows:
+            for b in r["buckets"]:
+                lines.append(
+                    f"| {r['path']} | {b['batch']} | {b['seq_len']} | "
+                    f"{_fmt(b['median_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | "
+                    f"{_fmt(b['items_per_s'], 0)} |"
+                )
+            lines.append(
+                f"| {r['path']} | CPU s per 1k items: {_fmt(r['cpu_s_per_1k'], 2)} | | | | |"
+            )
+    problems = [r for r in results["runs"] if r["status"] != "ok"]
+    if problems:
+        lines += ["", "## Not measured", ""]
+        lines += [
+            f"- {r['contender']}/{r['path']}: {r['status']}: {r.get('reason', '')[:500]}"
+            for r in problems
+        ]
+    lines += [
+        "",
+        "## Every step",
+        "",
+        "| contender | path | offered/s | results | missing | dup | P50 ms | P99 ms | "
+        "max ms | throughput/s | generator P99 slip ms | CPU s/1k |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        for step in run.get("steps", []):
+            s, b = step["sink"], step["sink"]["broker"]
+            lines.append(
+                f"| {run['contender']} | {run['path']} | {_fmt(step['offered_rate'])} | "
+                f"{_fmt(s['unique'])} | {_fmt(s['missing'])} | {_fmt(s['duplicates'])} | "
+                f"{_fmt(b['p50_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | {_fmt(b['max_ms'], 1)} | "
+                f"{_fmt(s['throughput'], 1)} | {_fmt(step['load']['p99_behind_ms'], 2)} | "
+                f"{_fmt(step['cpu_s_per_1k'], 2)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """latency-<path>.png, throughput-<path>.png and (if scraped) stages-<path>.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    runs = [r for r in results["runs"] if r.get("steps")]
+    for path in sorted({r["path"] for r in runs}):
+        path_runs = [r for r in runs if r["path"] == path]
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for r in path_runs:
+            xs = [s["offered_rate"] for s in r["steps"]]
+            for pct, style in (("p50_ms", ":"), ("p99_ms", "-"), ("p999_ms", "--")):
+                ax.plot(
+                    xs,
+                    [s["sink"]["broker"][pct] for s in r["steps"]],
+                    style,
+                    marker="o",
+                    label=f"{r['contender']} {pct[:-3].upper()}",
+                )
+        for t in path_runs[0]["targets_ms"]:
+            ax.axhline(t, color="grey", linewidth=0.8)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="offered load (events/s)",
+            ylabel="latency to broker ack (ms)",
+            title=f"{path}: latency vs offered load",
+        )
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(True, which="both", alpha=0.3)
+        written.append(_save(fig, out_dir / f"latency-{path}.png"))
+
+        fig, ax = plt.subplots(figsize=(8, 5))
+        top = 1.0
+        for r in path_runs:
+            xs = [s["offered_rate"] for s in r["steps"]]
+            ys = [s["sink"]["unique"] / max(s["load"]["duration_s"], 1e-9) for s in r["steps"]]
+            top = max(top, *xs)
+            ax.plot(xs, ys, marker="o", label=r["contender"])
+        ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered")
+        ax.set(
+            xlabel="offered load (events/s)",
+            ylabel="results per second of load",
+            title=f"{path}: throughput vs offered load",
+        )
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        written.append(_save(fig, out_dir / f"throughput-{path}.png"))
+
+        staged = [r for r in path_runs if any(s.get("stages") for s in r["steps"])]
+        for r in staged:
+            fig, ax = plt.subplots(figsize=(8, 5))
+            steps = [s for s in r["steps"] if s.get("stages")]
+            names = sorted({st["stage"] for s in steps for st in s["stages"]})
+            bottom = [0.0] * len(steps)
+            labels = [_fmt(s["offered_rate"], 0) for s in steps]
+            for name in names:
+                vals = [
+                    next((st["mean_ms"] for st in s["stages"] if st["stage"] == name), 0.0)
+                    for s in steps
+                ]
+                ax.bar(labels, vals, bottom=bottom, label=name)
+                bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+            ax.set(
+                xlabel="offered load (events/s)",
+                ylabel="mean ms per batch stage",
+                title=f"{r['contender']} {path}: where the time goes",
+            )
+            ax.legend()
+            written.append(_save(fig, out_dir / f"stages-{path}.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
