@@ -300,20 +300,19 @@ class MultiprocExecutor:
         """Spawn the workers and wait until each has built its runner."""
         if self._sup is not None or self._closed:
             raise ExecutorError("executor already started (or closed)")
-        self._loads = {
-            i: _SeatLoad([None] * self.geometry.n_slots, [0] * self.geometry.n_slots)
-            for i in range(self.workers)
-        }
-        self._sup = Supervisor(
-            self.spec,
-            self.geometry,
-            workers=self.workers,
-            env_for=self._env_for,
-            events=self,
-            heartbeat_timeout_s=self.heartbeat_timeout_s,
-            start_timeout_s=self.start_timeout_s,
-            policy=self.restart_policy,
+        self.bind(
+            Supervisor(
+                self.spec,
+                self.geometry,
+                workers=self.workers,
+                env_for=self._env_for,
+                events=self,
+                heartbeat_timeout_s=self.heartbeat_timeout_s,
+                start_timeout_s=self.start_timeout_s,
+                policy=self.restart_policy,
+            )
         )
+        assert self._sup is not None
         _LIVE.add(self)
         try:
             await self._sup.start()
@@ -327,6 +326,18 @@ class MultiprocExecutor:
             self.geometry.n_slots,
             self.threads_per_worker,
         )
+
+    def bind(self, supervisor: Any) -> None:
+        """Attach the supervisor whose seats this executor dispatches to.
+
+        `start()` binds a real `Supervisor`; unit tests bind a stand-in with in-process
+        seats to drive dispatch and re-dispatch without processes.
+        """
+        self._sup = supervisor
+        self._loads = {
+            i: _SeatLoad([None] * self.geometry.n_slots, [0] * self.geometry.n_slots)
+            for i in range(self.workers)
+        }
 
     async def submit(
         self,
