@@ -193,7 +193,7 @@ def _int(v: Any, path: str, lo: int, hi: int) -> int:
         raise _wrong(path, v, "an integer")
     if not lo <= v <= hi:
         raise _invalid(path, f"must be in {lo}..{hi}")
-    return v  # type: ignore[no-any-return]
+    return v
 
 
 def _opt_ts(obj: dict[str, Any], name: str, path: str) -> int | None:
@@ -348,6 +348,11 @@ def _prob(value: Any, what: str) -> float:
     raise EncodeError(f"{what} must be a probability in 0..1, got {f!r}")
 
 
+def _source_ts(ts_ms: int | None) -> int | None:
+    """Kafka reports -1 for a record without a timestamp; the result contract says null."""
+    return None if ts_ms is None or ts_ms < 0 else int(ts_ms)
+
+
 def _names(model: str, model_version: str) -> None:
     if not model or not model_version:
         raise EncodeError("model and model_version must be non-empty")
@@ -368,7 +373,7 @@ def encode_intent_result(r: IntentResult) -> bytes:
             "scores": scores,
             "model": r.model,
             "model_version": r.model_version,
-            "source_ts_ms": None if r.source_ts_ms is None else int(r.source_ts_ms),
+            "source_ts_ms": _source_ts(r.source_ts_ms),
             "processed_ts_ms": int(r.processed_ts_ms),
             "truncated": bool(r.truncated),
         }
@@ -389,7 +394,7 @@ def encode_duplicate_result(r: DuplicateResult) -> bytes:
             "threshold": _prob(r.threshold, "threshold"),
             "model": r.model,
             "model_version": r.model_version,
-            "source_ts_ms": None if r.source_ts_ms is None else int(r.source_ts_ms),
+            "source_ts_ms": _source_ts(r.source_ts_ms),
             "processed_ts_ms": int(r.processed_ts_ms),
             "truncated": bool(r.truncated),
         }
