@@ -52,6 +52,9 @@ _PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 _PROB_SLACK: Final = 1e-6
 _MAX_REASON_CHARS: Final = 300
 _MISSING: Final[Any] = object()
+
+RawValue = bytes | bytearray | memoryview
+"""What a Kafka client hands over as a record value (None, for a tombstone, is rejected too)."""
 _ERROR_CODES: Final = {c.value: c for c in ErrorCode}
 
 
@@ -90,7 +93,7 @@ def _invalid(path: str, why: str) -> DecodeError:
     return DecodeError(ErrorCode.INVALID_VALUE, f"field '{path}' {why}", path)
 
 
-def _not_json(raw: bytes | bytearray | memoryview, exc: orjson.JSONDecodeError) -> DecodeError:
+def _not_json(raw: RawValue, exc: orjson.JSONDecodeError) -> DecodeError:
     """Tell invalid UTF-8 from bad JSON; orjson reports both as JSONDecodeError."""
     try:
         bytes(raw).decode("utf-8")
@@ -232,7 +235,7 @@ def _object(obj: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def decode_query(
-    raw: bytes,
+    raw: RawValue,
     *,
     max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
     max_record_bytes: int = MAX_RECORD_BYTES,
@@ -266,7 +269,7 @@ def _product(
 
 
 def decode_pair(
-    raw: bytes,
+    raw: RawValue,
     *,
     max_title_chars: int = DEFAULT_MAX_TITLE_CHARS,
     max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS,
@@ -487,7 +490,9 @@ def _b64_field(obj: dict[str, Any], name: str) -> bytes:
         raise _invalid(name, "is not valid base64") from None
 
 
-def decode_intent_result(raw: bytes, *, max_record_bytes: int = MAX_RECORD_BYTES) -> IntentResult:
+def decode_intent_result(
+    raw: RawValue, *, max_record_bytes: int = MAX_RECORD_BYTES
+) -> IntentResult:
     """Decode a `search.query-intents.v1` record (for consumers and tests)."""
     obj = _load(raw, max_record_bytes)
     schema = _schema_const(obj, INTENT_RESULT_SCHEMA)
@@ -515,7 +520,7 @@ def decode_intent_result(raw: bytes, *, max_record_bytes: int = MAX_RECORD_BYTES
 
 
 def decode_duplicate_result(
-    raw: bytes, *, max_record_bytes: int = MAX_RECORD_BYTES
+    raw: RawValue, *, max_record_bytes: int = MAX_RECORD_BYTES
 ) -> DuplicateResult:
     """Decode a `search.product-duplicates.v1` record (for consumers and tests)."""
     obj = _load(raw, max_record_bytes)
@@ -536,7 +541,9 @@ def decode_duplicate_result(
     )
 
 
-def decode_dead_letter(raw: bytes, *, max_record_bytes: int = 2 * MAX_RECORD_BYTES) -> DeadLetter:
+def decode_dead_letter(
+    raw: RawValue, *, max_record_bytes: int = 2 * MAX_RECORD_BYTES
+) -> DeadLetter:
     """Decode a `search.streamer.dlq.v1` record (for the replay tool, operators and tests)."""
     obj = _load(raw, max_record_bytes)
     schema = _schema_const(obj, DEAD_LETTER_SCHEMA)

@@ -439,7 +439,7 @@ def test_missing_kafka_timestamp_becomes_null() -> None:
 
 # --- fuzzing --------------------------------------------------------------------------------
 
-DECODERS = [
+DECODERS: list[Callable[[bytes], object]] = [
     codec.decode_query,
     codec.decode_pair,
     codec.decode_intent_result,

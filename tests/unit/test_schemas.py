@@ -221,18 +221,24 @@ _BOUNDARY = [
     "a" * 129, "-A", ".A", "A\u00e9", "\u00e9",
 ]  # fmt: skip
 _DELETE = object()
-_BASE_QUERIES = [
+_BASE_QUERIES: list[dict[str, Any]] = [
     {"event_id": "q-1", "query": "red shoes"},
     {"event_id": "q-1", "query": "red shoes", "ts_ms": 1, "locale": "en-US", "session_id": "s"},
 ]
 _FULL_PRODUCT = {"id": "B01", "title": "cable", "brand": "acme", "product_type": "cable",
                  "description": "usb", "price": 9.5}  # fmt: skip
-_BASE_PAIRS = [
+_BASE_PAIRS: list[dict[str, Any]] = [
     {"event_id": "p-1", "left": {"id": "A", "title": "t"}, "right": {"id": "B", "title": "u"}},
     {"event_id": "p-1", "ts_ms": 5, "left": dict(_FULL_PRODUCT), "right": dict(_FULL_PRODUCT)},
 ]
-_QUERY_FIELDS = [("event_id",), ("query",), ("ts_ms",), ("locale",), ("session_id",)]
-_PAIR_FIELDS = [("event_id",), ("ts_ms",), ("left",), ("right",)] + [
+_QUERY_FIELDS: list[tuple[str, ...]] = [
+    ("event_id",),
+    ("query",),
+    ("ts_ms",),
+    ("locale",),
+    ("session_id",),
+]
+_PAIR_FIELDS: list[tuple[str, ...]] = [("event_id",), ("ts_ms",), ("left",), ("right",)] + [
     (side, name)
     for side in ("left", "right")
     for name in ("id", "title", "brand", "product_type", "description", "price")
