@@ -170,7 +170,14 @@ class InProcessExecutor:
             for a in (input_ids, attention_mask, token_type_ids)
         )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, Task(task), ids, mask, types)
+        try:
+            return await loop.run_in_executor(self._pool, self._run, Task(task), ids, mask, types)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closed and (current is None or not current.cancelling()):
+                # close() cancelled the queued call, not our caller.
+                raise ExecutorClosedError("executor closed") from None
+            raise
 
     def _run(
         self, task: Task, input_ids: np.ndarray, mask: np.ndarray, types: np.ndarray
@@ -318,6 +325,7 @@ class MultiprocExecutor:
             await self._sup.start()
         except BaseException:
             self._closed = True
+            self._sup = None  # it already stopped its workers and unlinked its segments
             _LIVE.discard(self)
             raise
         log.info(

@@ -395,6 +395,8 @@ class Supervisor:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         reason = seat.kill_reason or seat.last_error or how
         seat.state = SeatState.BACKOFF
+        if not self._stopping:
+            log.warning("worker %d (pid %s) lost: %s", seat.index, wp.pid, _summary(reason))
         self._events.on_lost(seat, reason)
         seat.ring.reset()
         if self._stopping:
@@ -413,7 +415,6 @@ class Supervisor:
             return
         if was_ready and lived_ns > self._policy.stable_after_s * 1e9:
             seat.failures = 0
-        log.warning("worker %d (pid %s) lost: %s", seat.index, wp.pid, _summary(reason))
         self._failed(seat, reason)
 
     def _failed(self, seat: Seat, reason: str) -> None:

@@ -114,6 +114,19 @@ async def test_inprocess_closed_refuses() -> None:
         await ex.submit(Task.INTENT, ids, ids, ids)
 
 
+async def test_inprocess_close_fails_queued_batches_as_closed() -> None:
+    ex = InProcessExecutor(spec(sleep_s=0.1))
+    await ex.start()
+    ids = np.ones((1, 2), np.int32)
+    running = asyncio.create_task(ex.submit(Task.INTENT, ids, ids, ids))
+    queued = asyncio.create_task(ex.submit(Task.INTENT, ids, ids, ids))
+    await asyncio.sleep(0.02)
+    await ex.close()
+    with pytest.raises(ExecutorClosedError):
+        await queued
+    assert (await running).shape == (1, K)  # already on the runner thread: it finishes
+
+
 @pytest.mark.parametrize(
     ("shapes", "dtype", "message"),
     [
