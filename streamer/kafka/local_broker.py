@@ -1,0 +1,728 @@
+"""Run a real single-node Apache Kafka (KRaft) on 127.0.0.1 without Docker.
+
+The jars come from Maven Central (`streamer.kafka.install`); this module renders the broker
+config from `deploy/kafka/server.properties.template`, formats KRaft storage once per data
+directory, starts `kafka.Kafka` on the machine's Java 17+, waits until the broker really
+serves (metadata and group coordination, `streamer.kafka.probe`) and stops it with SIGTERM,
+then SIGKILL. Nothing of it is left behind: a broker started by a test session dies with
+that session even when the session is killed.
+
+Command line (the Makefile's `kafka-up` / `kafka-down`)::
+
+    python -m streamer.kafka.local_broker up       # idempotent; last line = bootstrap address
+    python -m streamer.kafka.local_broker status
+    python -m streamer.kafka.local_broker down [--purge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from string import Template
+from types import TracebackType
+
+from streamer.kafka.install import DEPLOY_DIR, KAFKA_VERSION, install, kafka_home, version_dir
+from streamer.kafka.probe import ProbeError, tcp_accepts, wait_until_ready
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+
+# Startup cost dominates a test session on a 2-core machine. SerialGC avoids G1's
+# concurrent threads (G1 started ~1.5x slower here); the heap cap keeps several brokers
+# (parallel test sessions) affordable. C1-only JIT (-XX:TieredStopAtLevel=1) did not start
+# faster and would slow the broker under benchmark load, so it is not used.
+DEFAULT_JVM_FLAGS: tuple[str, ...] = (
+    "-XX:+UseSerialGC",
+    "-Xshare:auto",
+    "-Djava.awt.headless=true",
+    "-Djava.net.preferIPv4Stack=true",
+)
+DEFAULT_HEAP = "512m"
+
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerStartError(RuntimeError):
+    """The broker could not be started; the message carries the tail of its log."""
+
+
+# --- pure parts: ports, config, command line, state ------------------------------------
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True when nothing listens on host:port and we may bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = HOST, avoid: Iterable[int] = ()) -> int:
+    """A port the kernel considers free right now (another process may still take it)."""
+    avoided = set(avoid)
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoided:
+            return port
+    raise OSError("no free port found")
+
+
+def choose_port(
+    preferred: Iterable[int | None] = (), host: str = HOST, avoid: Iterable[int] = ()
+) -> int:
+    """The first preferred port that is free, else any free port."""
+    avoided = set(avoid)
+    for port in preferred:
+        if port and port not in avoided and port_is_free(port, host):
+            return port
+    return free_port(host, avoided)
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: Kafka's Uuid format, 16 random bytes in url-safe base64."""
+    import base64
+    import uuid
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def render_server_properties(
+    template: str,
+    *,
+    node_id: int,
+    host: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    overrides: Mapping[str, object] | None = None,
+) -> str:
+    """Fill the template's placeholders and append overrides (a later key wins in Java)."""
+    if port == controller_port:
+        raise ValueError("broker and controller need different ports")
+    text = Template(template).substitute(
+        node_id=node_id,
+        host=host,
+        port=port,
+        controller_port=controller_port,
+        data_dir=str(data_dir),
+    )
+    if overrides:
+        lines = [f"{key}={_property_value(value)}" for key, value in overrides.items()]
+        text = text.rstrip("\n") + "\n\n# per-instance overrides\n" + "\n".join(lines) + "\n"
+    return text
+
+
+def _property_value(value: object) -> str:
+    """Java properties spell booleans in lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Read a simple Java properties text (key=value, # comments; later keys win)."""
+    result: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, _, value = line.partition("=")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def java_command(
+    java: str,
+    classpath: str,
+    main_class: str,
+    args: Iterable[str],
+    *,
+    heap: str = DEFAULT_HEAP,
+    log4j_config: Path | None = None,
+    jvm_flags: Iterable[str] = DEFAULT_JVM_FLAGS,
+) -> list[str]:
+    """The java command line for one of Kafka's main classes."""
+    cmd = [java, f"-Xmx{heap}", *jvm_flags]
+    if log4j_config is not None:
+        cmd.append(f"-Dlog4j2.configurationFile={log4j_config}")
+    return [*cmd, "-cp", classpath, main_class, *args]
+
+
+def find_java() -> str:
+    """`$JAVA_HOME/bin/java` if set, else `java` on PATH; Kafka 4 needs Java 17+."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    if found is None:
+        raise BrokerStartError(
+            "no 'java' on PATH: Kafka 4.x needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What `up` remembers about the broker it left running, for `status` and `down`."""
+
+    pid: int
+    host: str
+    port: int
+    controller_port: int
+    workdir: str
+    version: str
+    started_at: float
+    cds_pending: str | None = None
+    cds_archive: str | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The address clients connect to."""
+        return f"{self.host}:{self.port}"
+
+
+def state_path(home: Path | None = None) -> Path:
+    """Where `up` writes its state: `<kafka home>/run/state.json`."""
+    return (home or kafka_home()) / "run" / "state.json"
+
+
+def write_state(path: Path, state: BrokerState) -> None:
+    """Write the state atomically so a crash never leaves half a JSON file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=1))
+    tmp.replace(path)
+
+
+def read_state(path: Path) -> BrokerState | None:
+    """The saved state, or None when absent or unreadable (treated as 'not running')."""
+    try:
+        data = json.loads(path.read_text())
+        return BrokerState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def pid_is_kafka(pid: int) -> bool:
+    """True when `pid` is alive and is a Kafka broker JVM (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return MAIN_CLASS.encode() in cmdline.split(b"\0")
+
+
+def terminate_pid(pid: int, timeout_s: float = 30.0) -> bool:
+    """SIGTERM a broker we did not spawn, wait, then SIGKILL; True if it had to be killed."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_is_kafka(pid):
+            return False
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    while pid_is_kafka(pid):
+        time.sleep(0.05)
+    return True
+
+
+def cds_archive_path(java: str, version: str, home: Path | None = None) -> Path:
+    """Where the broker's class-data-sharing archive lives for this JVM and Kafka version.
+
+    A dynamic CDS archive is only valid for the JVM build that wrote it, so the file name
+    carries a digest of the java binary's real path, size and mtime.
+    """
+    real = Path(java).resolve()
+    try:
+        st = real.stat()
+        key = f"{real}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        key = str(real)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return version_dir(version, home) / f"broker-cds-{digest}.jsa"
+
+
+def cds_flags(archive: Path, dump_to: Path | None) -> list[str]:
+    """JVM flags that use the archive if it exists, else record one at exit.
+
+    Loading Kafka's ~6,000 classes from the archive cut broker start from ~4.9 s to ~2.7 s
+    on the loaded 2-core machine; the one-time recording costs a few seconds at stop.
+    """
+    if archive.is_file():
+        return [f"-XX:SharedArchiveFile={archive}"]
+    if dump_to is not None:
+        return [f"-XX:ArchiveClassesAtExit={dump_to}"]
+    return []
+
+
+def adopt_cds_archive(pending: Path, archive: Path, clean_exit: bool) -> bool:
+    """Move a freshly recorded archive into place (first writer wins); True if adopted."""
+    try:
+        if clean_exit and not archive.exists() and pending.stat().st_size > 0:
+            pending.replace(archive)
+            return True
+    except OSError:
+        pass
+    pending.unlink(missing_ok=True)
+    return False
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _tail(path: Path, lines: int, since: int = 0) -> str:
+    """The last lines of a log file, read from byte offset `since`."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(since)
+            data = handle.read()
+    except OSError:
+        return "(no broker log)"
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+# --- the broker process -----------------------------------------------------------------
+
+
+class LocalKafka:
+    """One Apache Kafka node (broker + controller) on 127.0.0.1, for development and tests.
+
+    Ports are picked once and kept, so `restart()` comes back on the same address with the
+    same data directory: committed offsets and topics survive it. The work directory is a
+    fresh temporary one unless given; a temporary one is deleted by `close()` (and by the
+    context manager), never by `stop()`.
+
+    `die_with_parent=True` (the default) makes the kernel stop the broker when the process
+    that called `start()` exits, even by SIGKILL. Linux ties this to the calling *thread*:
+    call `start()` from a thread that lives as long as the broker should.
+    """
+
+    def __init__(
+        self,
+        version: str = KAFKA_VERSION,
+        *,
+        host: str = HOST,
+        port: int | None = None,
+        controller_port: int | None = None,
+        workdir: Path | None = None,
+        heap: str = DEFAULT_HEAP,
+        jvm_flags: Iterable[str] = DEFAULT_JVM_FLAGS,
+        overrides: Mapping[str, object] | None = None,
+        die_with_parent: bool = True,
+        class_data_sharing: bool = True,
+        start_timeout_s: float = 90.0,
+        stop_timeout_s: float = 30.0,
+        node_id: int = 1,
+    ) -> None:
+        self._version = version
+        self.host = host
+        self._port = port
+        self._controller_port = controller_port
+        self._ports_fixed = port is not None
+        self._owns_workdir = workdir is None
+        self._workdir = Path(workdir) if workdir is not None else None
+        self.heap = heap
+        self.jvm_flags = tuple(jvm_flags)
+        self.overrides = dict(overrides or {})
+        self.die_with_parent = die_with_parent
+        self.class_data_sharing = class_data_sharing
+        self._cds_archive: Path | None = None
+        self._cds_pending: Path | None = None
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.node_id = node_id
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+        self._log_offset = 0
+        self.install_seconds: float | None = None
+        self.format_seconds: float | None = None
+        self.start_seconds: float | None = None
+        self.stop_seconds: float | None = None
+
+    # -- read-only facts
+
+    @property
+    def version(self) -> str:
+        """The Apache Kafka version this node runs."""
+        return self._version
+
+    @property
+    def port(self) -> int:
+        """The client port (valid after the first `start()`)."""
+        if self._port is None:
+            raise RuntimeError("broker not started yet: no port chosen")
+        return self._port
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """'127.0.0.1:<port>' for clients (valid after the first `start()`)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def workdir(self) -> Path:
+        """Holds server.properties, broker.log and data/."""
+        if self._workdir is None:
+            raise RuntimeError("broker not started yet: no work directory")
+        return self._workdir
+
+    @property
+    def data_dir(self) -> Path:
+        """The KRaft log directory (topics, offsets, metadata)."""
+        return self.workdir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's stdout/stderr (log4j2 console appender)."""
+        return self.workdir / "broker.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The JVM's pid while it runs."""
+        return self._proc.pid if self.is_running() and self._proc else None
+
+    def is_running(self) -> bool:
+        """True while the JVM we started is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last log lines of the current (or last) run, for error messages."""
+        return _tail(self.log_file, lines, self._log_offset)
+
+    # -- lifecycle
+
+    def start(self) -> LocalKafka:
+        """Install if needed, format storage once, start the JVM and wait until it serves."""
+        if self.is_running():
+            return self
+        installation = install(self._version)
+        self.install_seconds = installation.seconds
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="streamer-kafka-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        java = find_java()
+        if self.class_data_sharing:
+            self._cds_archive = cds_archive_path(java, self._version)
+        # Auto-picked ports can be taken between the check and the JVM's bind; pick again,
+        # but only before the first start: a restart must come back on the same address.
+        attempts = 1 if self._ports_fixed or self._started_once else 3
+        for attempt in range(attempts):
+            self._pick_ports(fresh=attempt > 0)
+            properties = self._write_properties()
+            self._format_storage(java, installation.classpath, properties)
+            try:
+                self._spawn_and_wait(java, installation.classpath, properties)
+                self._started_once = True
+                return self
+            except BrokerStartError as exc:
+                if attempt + 1 < attempts and "Address already in use" in str(exc):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """SIGTERM (controlled shutdown), then SIGKILL after `stop_timeout_s`; keeps data."""
+        proc = self._proc
+        if proc is None:
+            return
+        started = time.monotonic()
+        killed = False
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                killed = True
+        self._proc = None
+        self.stop_seconds = time.monotonic() - started
+        self._adopt_cds_archive(clean_exit=not killed)
+
+    def _adopt_cds_archive(self, clean_exit: bool) -> None:
+        """Keep the class archive the JVM wrote at exit; a killed JVM's file may be partial."""
+        pending, self._cds_pending = self._cds_pending, None
+        if pending is None or self._cds_archive is None:
+            return
+        adopt_cds_archive(pending, self._cds_archive, clean_exit)
+
+    def detach_cds_archive(self) -> tuple[Path | None, Path | None]:
+        """Hand over (pending, final) archive paths to whoever will stop this JVM instead."""
+        pending, self._cds_pending = self._cds_pending, None
+        return pending, self._cds_archive
+
+    def restart(self) -> LocalKafka:
+        """Stop and start again on the same ports and data (committed offsets survive)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and delete the work directory if this instance created it."""
+        self.stop()
+        if self._owns_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self._port}" if self._port else "not started"
+        return f"LocalKafka(version={self._version!r}, {where}, running={self.is_running()})"
+
+    # -- internals
+
+    def _pick_ports(self, fresh: bool) -> None:
+        if self._ports_fixed and self._controller_port is None:
+            self._controller_port = choose_port(avoid=[self.port])
+        if self._ports_fixed:
+            return
+        if fresh or self._port is None:
+            self._port = free_port(self.host)
+            self._controller_port = None
+        if self._controller_port is None:
+            self._controller_port = free_port(self.host, avoid=[self._port])
+
+    def _write_properties(self) -> Path:
+        assert self._controller_port is not None
+        template = (DEPLOY_DIR / "server.properties.template").read_text()
+        text = render_server_properties(
+            template,
+            node_id=self.node_id,
+            host=self.host,
+            port=self.port,
+            controller_port=self._controller_port,
+            data_dir=self.data_dir,
+            overrides=self.overrides,
+        )
+        path = self.workdir / "server.properties"
+        path.write_text(text)
+        return path
+
+    def _format_storage(self, java: str, classpath: str, properties: Path) -> None:
+        """Format once: re-formatting would mint a new cluster and lose committed offsets."""
+        if (self.data_dir / "meta.properties").exists():
+            self.format_seconds = 0.0
+            return
+        started = time.monotonic()
+        cmd = java_command(
+            java,
+            classpath,
+            STORAGE_TOOL,
+            ["format", "-t", new_cluster_id(), "-c", str(properties)],
+            heap="256m",
+            log4j_config=DEPLOY_DIR / "log4j2.properties",
+            jvm_flags=[
+                *self.jvm_flags,
+                *(cds_flags(self._cds_archive, None) if self._cds_archive else []),
+            ],
+        )
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise BrokerStartError(
+                f"formatting KRaft storage in {self.data_dir} failed "
+                f"(rc={result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}"
+            )
+        self.format_seconds = time.monotonic() - started
+
+    def _spawn_and_wait(self, java: str, classpath: str, properties: Path) -> None:
+        flags = list(self.jvm_flags)
+        if self._cds_archive is not None:
+            if not self._cds_archive.is_file():
+                self._cds_pending = self._cds_archive.with_name(
+                    f"{self._cds_archive.stem}.{os.getpid()}.{time.time_ns()}.tmp"
+                )
+            flags += cds_flags(self._cds_archive, self._cds_pending)
+        cmd = java_command(
+            java,
+            classpath,
+            MAIN_CLASS,
+            [str(properties)],
+            heap=self.heap,
+            log4j_config=DEPLOY_DIR / "log4j2.properties",
+            jvm_flags=flags,
+        )
+        started = time.monotonic()
+        with open(self.log_file, "ab") as log:
+            self._log_offset = log.tell()
+            log.write(f"=== streamer: starting Kafka {self._version} at {time.ctime()}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                # Own session: a Ctrl-C meant for pytest must not skip the clean shutdown.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        try:
+            wait_until_ready(self.bootstrap_servers, self.start_timeout_s, self.is_running)
+        except ProbeError as exc:
+            # The log is written by the JVM; give it a moment to flush its last words.
+            alive = self.is_running()
+            self.stop()
+            state = "did not become ready" if alive else "exited"
+            raise BrokerStartError(
+                f"Kafka {self._version} at {self.bootstrap_servers} {state} ({exc}).\n"
+                f"Command: {' '.join(cmd)}\nLog {self.log_file} (tail):\n{self.log_tail()}"
+            ) from exc
+        self.start_seconds = time.monotonic() - started
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def _alive(state: BrokerState | None) -> bool:
+    return state is not None and pid_is_kafka(state.pid) and tcp_accepts(state.host, state.port)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the dev broker unless the one from a previous `up` still runs."""
+    path = state_path()
+    previous = read_state(path)
+    if previous is not None and _alive(previous):
+        print(f"Kafka {previous.version} already running (pid {previous.pid})")
+        print(previous.bootstrap_servers)
+        return 0
+    if previous is not None and pid_is_kafka(previous.pid):
+        # Alive but not answering: a wedged JVM from an earlier `up`. Replace it.
+        terminate_pid(previous.pid)
+    workdir = path.parent
+    preferred = [args.port] if args.port else [DEFAULT_PORT, previous.port if previous else None]
+    port = choose_port(preferred)
+    controller_preferred = [previous.controller_port] if previous else []
+    controller_port = choose_port(controller_preferred, avoid=[port])
+    kafka = LocalKafka(
+        args.kafka_version,
+        port=port,
+        controller_port=controller_port,
+        workdir=workdir,
+        die_with_parent=False,
+    )
+    try:
+        kafka.start()
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    assert kafka.pid is not None
+    # `down` runs in another process: hand it the class archive the JVM records at exit.
+    pending, archive = kafka.detach_cds_archive()
+    write_state(
+        path,
+        BrokerState(
+            pid=kafka.pid,
+            host=kafka.host,
+            port=kafka.port,
+            controller_port=controller_port,
+            workdir=str(workdir),
+            version=kafka.version,
+            started_at=time.time(),
+            cds_pending=str(pending) if pending else None,
+            cds_archive=str(archive) if archive else None,
+        ),
+    )
+    print(
+        f"Kafka {kafka.version} started in {kafka.start_seconds:.1f}s "
+        f"(pid {kafka.pid}, log {kafka.log_file})"
+    )
+    print(kafka.bootstrap_servers)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Say whether the dev broker runs; exit 0 if it does, 1 if not."""
+    state = read_state(state_path())
+    if state is None or not pid_is_kafka(state.pid):
+        print("Kafka not running")
+        return 1
+    answers = tcp_accepts(state.host, state.port)
+    print(
+        f"Kafka {state.version} pid {state.pid} "
+        f"{'accepting connections' if answers else 'NOT accepting connections'}, "
+        f"data {state.workdir}"
+    )
+    print(state.bootstrap_servers)
+    return 0 if answers else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the dev broker (SIGTERM, then SIGKILL); --purge also deletes its data."""
+    path = state_path()
+    state = read_state(path)
+    if state is not None and pid_is_kafka(state.pid):
+        started = time.monotonic()
+        killed = terminate_pid(state.pid, args.timeout)
+        how = "killed" if killed else "stopped"
+        if state.cds_pending and state.cds_archive:
+            adopt_cds_archive(Path(state.cds_pending), Path(state.cds_archive), not killed)
+        print(f"Kafka pid {state.pid} {how} in {time.monotonic() - started:.1f}s")
+    else:
+        print("Kafka not running")
+    path.unlink(missing_ok=True)
+    if args.purge:
+        data = path.parent / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"deleted {data}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`up | status | down` for the development broker."""
+    parser = argparse.ArgumentParser(
+        prog="python -m streamer.kafka.local_broker", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    up = sub.add_parser("up", help="start (or reuse) the broker; last line = bootstrap address")
+    up.add_argument("--port", type=int, default=None, help="client port (default 9092 if free)")
+    up.add_argument("--kafka-version", default=KAFKA_VERSION)
+    up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="is the broker running?")
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop the broker; no Java process is left")
+    down.add_argument("--purge", action="store_true", help="also delete topics and offsets")
+    down.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    down.set_defaults(func=cmd_down)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
