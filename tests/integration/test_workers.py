@@ -286,6 +286,8 @@ PARENT_SCRIPT = textwrap.dedent(
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print("ready", *ex.worker_pids(), flush=True)
+        if sys.argv[1:] == ["forget-close"]:
+            return  # exits without close(): the atexit hook must clean up
         await stop.wait()
         await ex.close()
         print("closed", flush=True)
@@ -296,12 +298,12 @@ PARENT_SCRIPT = textwrap.dedent(
 )
 
 
-def start_parent(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
+def start_parent(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[int]]:
     script = tmp_path / "parent.py"
     script.write_text(PARENT_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -312,12 +314,12 @@ def start_parent(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
     line = proc.stdout.readline().split()
     assert line and line[0] == "ready", proc.stderr.read() if proc.stderr else ""
     workers = [int(p) for p in line[1:]]
-    assert segments(proc.pid), "parent should hold its segments while running"
     return proc, workers
 
 
 async def test_parent_sigterm_closes_and_leaves_nothing(tmp_path: Path) -> None:
     proc, workers = start_parent(tmp_path)
+    assert segments(proc.pid), "parent should hold its segments while running"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
@@ -329,9 +331,19 @@ async def test_parent_sigterm_closes_and_leaves_nothing(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_parent_sigkill_workers_exit_and_tracker_unlinks(tmp_path: Path) -> None:
     proc, workers = start_parent(tmp_path)
+    assert segments(proc.pid)
     proc.kill()
     proc.communicate(timeout=30)
     # Workers see the death pipe close; once the last one exits, the resource tracker
     # (registered by the parent only) unlinks the segments.
     await wait_for(lambda: not any(pid_alive(p) for p in workers), 15)
     await wait_for(lambda: segments(proc.pid) == [], 15)
+
+
+async def test_parent_exiting_without_close_cleans_up_at_exit(tmp_path: Path) -> None:
+    proc, workers = start_parent(tmp_path, "forget-close")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "leaked" not in err  # the atexit hook unlinked, not the resource tracker
+    assert segments(proc.pid) == []
+    await wait_for(lambda: not any(pid_alive(p) for p in workers), 10)
