@@ -628,7 +628,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     workdir = path.parent
     preferred = [args.port] if args.port else [DEFAULT_PORT, previous.port if previous else None]
     port = choose_port(preferred)
-    controller_preferred = [previous.controller_port] if previous else []
+    controller_preferred = [previous.controller_port if previous else None, DEFAULT_PORT + 1]
     controller_port = choose_port(controller_preferred, avoid=[port])
     kafka = LocalKafka(
         args.kafka_version,
