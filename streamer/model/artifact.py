@@ -159,8 +159,8 @@ def save_trained(
     return out_dir
 
 
-def load_trained(artifact_dir: Path) -> tuple[Any, ModelMeta]:
-    """Load a trained artifact into a MultiTaskBert in eval mode (fp32, CPU)."""
+def load_trained(artifact_dir: Path, weights: str = WEIGHTS) -> tuple[Any, ModelMeta]:
+    """Load an artifact's weights (default the fp32 file) into a MultiTaskBert in eval mode."""
     from safetensors.torch import load_file
     from transformers import BertConfig
 
@@ -172,10 +172,11 @@ def load_trained(artifact_dir: Path) -> tuple[Any, ModelMeta]:
     config._attn_implementation = "sdpa"
     model = MultiTaskBert(config, len(meta.labels))
     try:
-        state = load_file(str(artifact_dir / WEIGHTS))
+        state = load_file(str(artifact_dir / weights))
     except OSError as exc:
         raise ArtifactError(f"cannot read weights in {artifact_dir}: {exc}") from exc
-    model.load_state_dict(state, strict=True)
+    dtype = next(iter(state.values())).dtype
+    model.to(dtype).load_state_dict(state, strict=True)
     model.eval()
     return model, meta
 
@@ -188,3 +189,7 @@ def encoder_for(artifact_dir: Path) -> Any:
     return Encoder.from_files(
         Path(artifact_dir) / TOKENIZER, meta.buckets, meta.max_query_len, meta.max_pair_len
     )
+
+
+class BackendUnavailableError(ArtifactError):
+    """The artifact's target needs a runtime (torch-neuron, CUDA, ...) this host does not have."""

@@ -6,10 +6,13 @@ tokens are what every backend pays for, so a batch is padded to the smallest buc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamer.model.tasks import Task
+from streamer.model.vocab import CLS_ID, SEP_ID
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,42 @@ def choose_batch(buckets: Buckets | Sequence[int], n: int) -> int:
     """Smallest bucket batch size >= n (the caller splits n above the largest bucket)."""
     sizes = buckets.batch_sizes if isinstance(buckets, Buckets) else buckets
     return _smallest_fitting(sizes, n, "batch size")
+
+
+def all_shapes(buckets: Mapping[Task, Buckets]) -> list[tuple[int, int]]:
+    """Every (batch, seq_len) a static-shape target builds: both tasks' grids, smallest first."""
+    shapes = {shape for b in buckets.values() for shape in b.shapes()}
+    return sorted(shapes, key=lambda s: (s[0] * s[1], s))
+
+
+def choose_shape(shapes: Iterable[tuple[int, int]], batch: int, seq_len: int) -> tuple[int, int]:
+    """The compiled shape with the fewest padded tokens that holds (batch, seq_len)."""
+    fitting = [(b, s) for b, s in shapes if b >= batch and s >= seq_len]
+    if not fitting:
+        raise ValueError(f"no compiled shape holds batch {batch} x seq_len {seq_len}")
+    return min(fitting, key=lambda s: (s[0] * s[1], s))
+
+
+def pad_to_shape(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    token_type_ids: np.ndarray,
+    batch: int,
+    seq_len: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pad int32 inputs to (batch, seq_len): zero columns; filler rows are `[CLS] [SEP]`."""
+    b, s = input_ids.shape
+    if b > batch or s > seq_len:
+        raise ValueError(f"({b}, {s}) does not fit ({batch}, {seq_len})")
+    out = []
+    for arr in (input_ids, attention_mask, token_type_ids):
+        padded = np.zeros((batch, seq_len), np.int32)
+        padded[:b, :s] = arr
+        out.append(padded)
+    ids, mask, types = out
+    ids[b:, 0], ids[b:, 1] = CLS_ID, SEP_ID
+    mask[b:, :2] = 1
+    return ids, mask, types
 
 
 # Defaults chosen from the training data's token-length distribution (see the model card):

@@ -17,6 +17,7 @@ from tokenizers import Encoding, Tokenizer
 from streamer.model.buckets import Buckets, choose_seq_len
 from streamer.model.serialize import serialize_product
 from streamer.model.tasks import Task
+from streamer.model.vocab import CLS_ID, SEP_ID
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,6 @@ class EncodedBatch:
             np.concatenate([self.lengths, np.full(extra, 2, np.int32)]),
             np.concatenate([self.truncated, np.zeros(extra, bool)]),
         )
-
-
-# BERT uncased vocabulary ids (all-MiniLM-L6-v2 and the tiny model share the vocabulary).
-PAD_ID, CLS_ID, SEP_ID = 0, 101, 102
 
 
 def _stack(encodings: Sequence[Encoding], seq_len: int) -> EncodedBatch:

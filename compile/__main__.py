@@ -1,0 +1,63 @@
+"""`python -m compile --target cpu|cuda|neuron|neuronx --artifact DIR [--out DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compile.common import default_out_dir
+from compile.sample import builtin_sample, default_sample
+from streamer.model.artifact import ArtifactError
+from streamer.model.data import DEFAULT_DATA_DIR
+from streamer.model.manifest import TARGETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m compile", description=__doc__)
+    parser.add_argument("--target", required=True, choices=TARGETS)
+    parser.add_argument("--artifact", required=True, type=Path, help="trained artifact dir")
+    parser.add_argument("--out", type=Path, default=None, help="default <artifact>-<target>")
+    parser.add_argument(
+        "--sample",
+        choices=("data", "builtin"),
+        default="data",
+        help="parity sample: valid-split rows of --data-dir (default) or the built-in texts",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--dtype", default="bfloat16", help="cuda only: bfloat16 | float16")
+    parser.add_argument("--threads", type=int, default=None, help="cpu parity run threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compile, print the manifest's parity figures; exit 2 on a clear artifact/backend error."""
+    args = build_parser().parse_args(argv)
+    out = args.out or default_out_dir(args.artifact, args.target)
+    sample = default_sample(args.data_dir) if args.sample == "data" else builtin_sample()
+    try:
+        if args.target == "cpu":
+            from compile.cpu import compile_cpu
+
+            manifest = compile_cpu(args.artifact, out, sample, threads=args.threads)
+        elif args.target == "cuda":
+            from compile.cuda import compile_cuda
+
+            manifest = compile_cuda(args.artifact, out, sample, dtype=args.dtype)
+        else:
+            from compile.neuron import compile_neuron
+
+            manifest = compile_neuron(args.artifact, out, sample, target=args.target)
+    except ArtifactError as exc:
+        print(f"compile: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    for name, info in manifest["variants"].items():
+        print(f"{name}: {json.dumps(info['parity'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

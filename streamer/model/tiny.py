@@ -1,0 +1,82 @@
+"""A tiny random-weight model built through the real code path, for tests and demos.
+
+2 layers, hidden 32, the real MiniLM tokenizer and vocabulary, the same artifact format and the
+same `compile` step as the trained model, in seconds. Its scores mean nothing; its shapes,
+files, manifest and runtime behaviour are exactly the real model's.
+`python -m streamer.model.tiny --out DIR` writes `DIR/tiny-multitask-v0` (trained format) and
+`DIR/tiny-multitask-v0-cpu` (compiled for the cpu target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from streamer.model.artifact import ModelMeta, save_trained
+from streamer.model.buckets import DEFAULT_BUCKETS
+
+TINY_NAME = "tiny-multitask"
+TINY_VERSION = "v0"
+TINY_LABELS = ("help", "media", "other", "product")
+
+
+def build_tiny_artifact(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write a random-weight trained-format artifact to `out_dir` (created)."""
+    import torch
+    from transformers import BertConfig
+
+    from streamer.model.network import MultiTaskBert, backbone_dir
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        # Wide random weights spread the outputs, so labels and decisions are not coin flips
+        # that quantization noise could flip (parity is checked on this model too).
+        initializer_range=0.5,
+    )
+    config._attn_implementation = "sdpa"
+    model = MultiTaskBert(config, len(TINY_LABELS)).eval()
+    meta = ModelMeta(
+        name=TINY_NAME,
+        version=TINY_VERSION,
+        labels=TINY_LABELS,
+        duplicate_threshold=0.5,
+        buckets=dict(DEFAULT_BUCKETS),
+        backbone=config.to_diff_dict() | {"model_type": "bert"},
+    )
+    card = f"# Model card: {meta.full_name}\n\nRandom weights for tests; scores are meaningless.\n"
+    return save_trained(
+        model, Path(out_dir), meta, backbone_dir() / "tokenizer.json", model_card=card
+    )
+
+
+def build_tiny_cpu_artifact(trained_dir: Path, out_dir: Path) -> Path:
+    """Compile a tiny trained artifact for the cpu target with the built-in parity sample."""
+    from compile.cpu import compile_cpu
+    from compile.sample import builtin_sample
+
+    compile_cpu(Path(trained_dir), Path(out_dir), builtin_sample(), threads=1)
+    return Path(out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write the tiny trained and cpu-compiled artifacts under --out."""
+    parser = argparse.ArgumentParser(prog="python -m streamer.model.tiny", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    trained = build_tiny_artifact(args.out / f"{TINY_NAME}-{TINY_VERSION}")
+    compiled = build_tiny_cpu_artifact(trained, args.out / f"{TINY_NAME}-{TINY_VERSION}-cpu")
+    print(trained)
+    print(compiled)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
