@@ -347,3 +347,42 @@ async def test_parent_exiting_without_close_cleans_up_at_exit(tmp_path: Path) ->
     assert "leaked" not in err  # the atexit hook unlinked, not the resource tracker
     assert segments(proc.pid) == []
     await wait_for(lambda: not any(pid_alive(p) for p in workers), 10)
+
+
+@pytest.fixture(scope="module")
+def tiny_cpu_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real runner's artifact format, random tiny weights (about 15 s to build)."""
+    from streamer.model.tiny import build_tiny_artifact, build_tiny_cpu_artifact
+
+    root = tmp_path_factory.mktemp("tiny")
+    return build_tiny_cpu_artifact(build_tiny_artifact(root / "trained"), root / "cpu")
+
+
+@pytest.mark.slow
+async def test_real_runner_gives_identical_scores_in_and_out_of_process(
+    tiny_cpu_artifact: Path, rng: np.random.Generator, no_leftovers: None
+) -> None:
+    # fp32: the tiny random model's int8 variant is not meant to pass the parity gate.
+    spec = RunnerSpec(
+        "streamer.model.runner:load_runner",
+        {"artifact_dir": str(tiny_cpu_artifact), "threads": 1, "variant": "fp32"},
+    )
+    single = InProcessExecutor(spec)
+    multi = make_executor(spec, max_batch=32, max_seq_len=128)
+    await single.start()
+    await multi.start()
+    try:
+        for task, b, length in [
+            (Task.INTENT, 32, 16),
+            (Task.INTENT, 1, 16),
+            (Task.DUPLICATE, 8, 128),
+        ]:
+            ids, mask, types = random_batch(rng, b, length)
+            ids[:, 0] = 101  # [CLS]
+            x = await single.submit(task, ids, mask, types)
+            y = await multi.submit(task, ids, mask, types)
+            assert x.shape == (b, 4 if task is Task.INTENT else 1)
+            np.testing.assert_array_equal(x, y)
+    finally:
+        await multi.close()
+        await single.close()
