@@ -266,6 +266,7 @@ class MultiprocExecutor:
         self._rotor = 0
         self._closed = False
         self._broken: str | None = None
+        self._restarts_at_close = 0
 
     # -- interface ------------------------------------------------------------------------
 
@@ -277,7 +278,7 @@ class MultiprocExecutor:
     @property
     def restarts(self) -> int:
         """Worker restarts so far (exported as a metric)."""
-        return self._sup.restarts if self._sup is not None else 0
+        return self._sup.restarts if self._sup is not None else self._restarts_at_close
 
     def worker_pids(self) -> list[int | None]:
         """Current pid per worker index (None while restarting); for operators and tests."""
@@ -383,6 +384,7 @@ class MultiprocExecutor:
         self._fail_all(ExecutorClosedError("executor closed"))
         sup, self._sup = self._sup, None
         if sup is not None:
+            self._restarts_at_close = sup.restarts
             await sup.stop()
         _LIVE.discard(self)
 
@@ -391,6 +393,7 @@ class MultiprocExecutor:
         self._closed = True
         sup, self._sup = self._sup, None
         if sup is not None:
+            self._restarts_at_close = sup.restarts
             sup.stop_now()
         _LIVE.discard(self)
 
