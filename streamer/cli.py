@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "produce": "streamer.bench.produce",
     "tail": "streamer.bench.tail",
     "bench": "streamer.bench.command",
+    "bench-transport": "streamer.pipeline.bench_transport",
 }
 
 
