@@ -228,7 +228,21 @@ def _close_all_at_exit() -> None:
 
 
 class MultiprocExecutor:
-    """One worker process per device core, batches over shared memory, supervised."""
+    """One worker process per device core, batches over shared memory, supervised.
+
+    - `workers`, `threads_per_worker`: processes and their intra-op threads
+      (OMP/MKL/OpenBLAS variables are set before the worker interpreter starts);
+      `env_per_worker(i)` adds e.g. NEURON_RT_VISIBLE_CORES / CUDA_VISIBLE_DEVICES.
+    - `slots_per_worker`: batches queued inside one worker (2 = the next batch is
+      already in shared memory while the current one runs).
+    - `max_batch`, `max_seq_len`, `max_outputs`: slot sizes; larger batches are refused.
+    - `heartbeat_timeout_s`: a worker holding work that shows no progress this long is
+      killed and its batches re-dispatched, so it must exceed the slowest legitimate
+      batch. `start_timeout_s` bounds loading a runner.
+    - `max_batch_crashes`: workers a batch may take down before it fails alone with
+      `WorkerCrashedError` (a poison batch must not kill every worker in turn).
+    - `restart_policy`: backoff between restarts and when a worker gives up.
+    """
 
     def __init__(
         self,
