@@ -278,7 +278,8 @@ class Supervisor:
         """Synchronous last resort (atexit): SIGKILL every worker and unlink segments."""
         self._stopping = True
         if self._monitor is not None:
-            self._monitor.cancel()
+            with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                self._monitor.cancel()
         self._reap(self._detach_all())
 
     def _detach_all(self) -> list[WorkerProcess]:
@@ -369,6 +370,15 @@ class Supervisor:
         elif message.startswith(LOAD_ERROR):
             seat.last_error = message[len(LOAD_ERROR) :].decode("utf-8", "replace").strip()
 
+    @staticmethod
+    def _drain_ready(seat: Seat, wp: WorkerProcess) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            if wp.ready_r.poll(0):
+                message = wp.ready_r.recv_bytes()
+                if message.startswith(LOAD_ERROR):
+                    seat.last_error = message[len(LOAD_ERROR) :].decode("utf-8", "replace")
+                    seat.last_error = seat.last_error.strip()
+
     def _check_started(self) -> None:
         waiter = self._start_waiter
         ready = all(s.state is SeatState.READY for s in self.seats)
@@ -386,6 +396,8 @@ class Supervisor:
         if seat.process is not wp:
             return
         self._unwatch(wp)
+        if seat.state is SeatState.STARTING:
+            self._drain_ready(seat, wp)  # the sentinel may win the race with the load error
         wp.proc.join(timeout=1)
         wp.close()
         seat.process = None

@@ -32,6 +32,7 @@ from streamer.pipeline.executor import (
     WorkerCrashedError,
     WorkerStartError,
 )
+from streamer.pipeline.supervisor import Supervisor
 from tests.fakes import expected_scores, random_batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,6 +250,20 @@ async def test_start_fails_clearly_when_runner_cannot_load(no_leftovers: None) -
     print(f"start failed after {time.monotonic() - t0:.2f}s: {str(info.value)[:120]}")
     assert "tests.fakes:make_fake_runner" in str(info.value)
     await ex.close()
+
+
+async def test_load_error_survives_losing_the_race_to_the_exit(
+    no_leftovers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Force the order "process exit handled before the ready message is read".
+    def ignore_ready(self: Supervisor, seat: Any, wp: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(wp.ready_r.fileno())
+
+    monkeypatch.setattr(Supervisor, "_on_ready_message", ignore_ready)
+    ex = make_executor(fake_spec(load_error="weights are corrupt"), workers=1)
+    with pytest.raises(WorkerStartError, match="weights are corrupt"):
+        await ex.start()
 
 
 async def test_restart_storm_gives_up_with_a_clear_error(
