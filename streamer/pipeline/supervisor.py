@@ -104,7 +104,10 @@ class WorkerProcess:
             target=worker_main,
             args=(args, wake_r, done_w, ready_w, death_r),
             name=f"streamer-worker-{args.index}.{args.generation}",
-            daemon=True,
+            # Not daemonic: a daemonic process may not start children, and a device
+            # runtime or compiler inside the runner may need to. Exit is covered anyway:
+            # close(), the atexit hook, and the death pipe.
+            daemon=False,
         )
 
     def start(self) -> None:
