@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output dir (default bench-results/<date>)")
     parser.add_argument("--step-s", type=float, help="seconds per load step")
     parser.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
+    parser.add_argument(
+        "--force-artifact",
+        action="store_true",
+        help="load an artifact whose int8 parity check failed (tiny test models)",
+    )
     parser.add_argument("--data-dir", help="shared data sets (default ../shared/data)")
 
 
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         arrival=args.arrival,
         data_root=args.data_dir,
+        force_artifact=args.force_artifact,
         **overrides,
     )
     started = time.monotonic()

@@ -68,6 +68,7 @@ class BenchConfig:
     plans: dict[str, PathPlan] = field(default_factory=dict)
     data_root: str | None = None
     quick: bool = False
+    force_artifact: bool = False
 
     @classmethod
     def preset(cls, quick: bool, artifact: Path, out_dir: Path, **overrides: Any) -> BenchConfig:
@@ -182,7 +183,6 @@ def contender_command(
             {
                 "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
                 "STREAMER_ARTIFACT": str(cfg.artifact),
-                "STREAMER_PATHS": path,
                 "STREAMER_GROUP_ID": group,
                 "STREAMER_TOPIC_QUERIES": topics.source if intent else topics.other_source,
                 "STREAMER_TOPIC_PAIRS": topics.other_source if intent else topics.source,
@@ -190,10 +190,12 @@ def contender_command(
                 "STREAMER_TOPIC_DUPLICATES": topics.other_results if intent else topics.results,
                 "STREAMER_TOPIC_DLQ": topics.dlq,
                 "STREAMER_METRICS_PORT": str(port),
+                "STREAMER_FORCE_ARTIFACT": "true" if cfg.force_artifact else "false",
             }
         )
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        return [sys.executable, "-m", "streamer", "run"], env, port
+        # --paths as a flag: a plain `intent` in STREAMER_PATHS is not valid JSON for a tuple
+        return [sys.executable, "-m", "streamer", "run", "--paths", path], env, port
     module = {"naive": "naive", "peer": "peer"}[name]
     argv = [
         sys.executable,
@@ -212,6 +214,8 @@ def contender_command(
         "--path",
         path,
     ]
+    if cfg.force_artifact:
+        argv.append("--force-artifact")
     return argv, env, None
 
 
@@ -257,7 +261,8 @@ class Contender:
                     continue
                 if not line:
                     break  # stdout closed: the process is exiting
-                if line.strip() == b"READY":
+                # endswith: faust prefixes terminal control codes to the first line it prints
+                if line.rstrip().endswith(b"READY"):
                     # keep reading stdout so a chatty contender never blocks on a full pipe
                     self._stdout_task = asyncio.create_task(self._drain_stdout())
                     return None
@@ -481,6 +486,8 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
         "--budget-s",
         str(cfg.model_only_budget_s),
     ]
+    if cfg.force_artifact:
+        argv.append("--force-artifact")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with (log_dir / f"model-only-{path}.log").open("wb") as log:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, timeout=600, check=False)
@@ -570,8 +577,8 @@ def run_meta(cfg: BenchConfig, argv: list[str]) -> dict[str, Any]:
         },
         "artifact": {
             "path": str(cfg.artifact),
-            "model_name": manifest.get("model_name"),
-            "model_version": manifest.get("model_version"),
+            "model_name": (manifest.get("model") or {}).get("name"),
+            "model_version": (manifest.get("model") or {}).get("version"),
             "target": manifest.get("target"),
         },
         "quick": cfg.quick,

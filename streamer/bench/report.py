@@ -6,6 +6,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+MIN_RESULTS_FOR_P99 = 1_000
+
+# one colour per contender, one line style per percentile
+PERCENTILE_STYLES = (("p50_ms", "P50", ":"), ("p99_ms", "P99", "-"), ("p999_ms", "P99.9", "--"))
+
 
 def _fmt(x: Any, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -13,6 +18,10 @@ def _fmt(x: Any, digits: int = 1) -> str:
     if isinstance(x, float):
         return f"{x:,.{digits}f}"
     return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" + ("*" if n < MIN_RESULTS_FOR_P99 else "")
 
 
 def best_step(run: dict[str, Any], target_ms: float) -> dict[str, Any] | None:
@@ -43,6 +52,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- steps: {meta['step_s']} s each, {meta['arrival']} arrivals, "
         f"{meta['partitions']} partitions; latency = scheduled time -> result's broker "
         "append time (LogAppendTime); `observed` = seen by a downstream consumer",
+        f"- results marked * are fewer than {MIN_RESULTS_FOR_P99:,}: their P99 is a handful of "
+        "samples (P99.9 needs 10,000+); use the full run for published numbers",
         "",
         "| contender | path | P99 target | max sustained rate (/s) | P50 ms | P99 ms | P99.9 ms "
         "| max ms | P99 observed ms | results | CPU s/1k events | broker CPU s/1k |",
@@ -64,7 +75,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {run['contender']} | {run['path']} | {target:g} ms | {_fmt(rate)} | "
                 f"{_fmt(b['p50_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | {_fmt(b['p999_ms'], 2)} | "
-                f"{_fmt(b['max_ms'], 2)} | {_fmt(o['p99_ms'], 2)} | {_fmt(step['sink']['unique'])} | "
+                f"{_fmt(b['max_ms'], 2)} | {_fmt(o['p99_ms'], 2)} | {_count(step['sink']['unique'])} | "
                 f"{_fmt(step['cpu_s_per_1k'], 2)} | {_fmt(step['broker_cpu_s_per_1k'], 2)} |"
             )
     model_rows = [
@@ -128,15 +139,17 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for path in sorted({r["path"] for r in runs}):
         path_runs = [r for r in runs if r["path"] == path]
         fig, ax = plt.subplots(figsize=(8, 5))
-        for r in path_runs:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, r in enumerate(path_runs):
             xs = [s["offered_rate"] for s in r["steps"]]
-            for pct, style in (("p50_ms", ":"), ("p99_ms", "-"), ("p999_ms", "--")):
+            for pct, name, style in PERCENTILE_STYLES:
                 ax.plot(
                     xs,
                     [s["sink"]["broker"][pct] for s in r["steps"]],
                     style,
+                    color=colors[i % len(colors)],
                     marker="o",
-                    label=f"{r['contender']} {pct[:-3].upper()}",
+                    label=f"{r['contender']} {name}",
                 )
         for t in path_runs[0]["targets_ms"]:
             ax.axhline(t, color="grey", linewidth=0.8)

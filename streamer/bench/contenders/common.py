@@ -17,6 +17,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--group", required=True)
     p.add_argument("--artifact", required=True)
     p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--force-artifact", action="store_true", help="load despite failed parity")
     p.add_argument("--threads", type=int, default=None, help="model threads (default: runner's)")
     p.add_argument("--max-batch", type=int, default=64, help="batching contenders only")
     p.add_argument("--linger-ms", type=float, default=5.0, help="batching contenders only")

@@ -34,27 +34,29 @@ class ModelJob:
         self.counters = JobCounters()
 
     @classmethod
-    def load(cls, artifact: str | Path, path: str, threads: int | None = None) -> ModelJob:
-        """Load the artifact's model, tokenizer and buckets for `path` (intent or duplicate)."""
+    def load(
+        cls, artifact: str | Path, path: str, threads: int | None = None, force: bool = False
+    ) -> ModelJob:
+        """Load the artifact's model, tokenizer and buckets for `path`; `force` skips parity."""
         from streamer.config import load_settings
-        from streamer.model.artifact import read_manifest
+        from streamer.model.artifact import encoder_for
         from streamer.model.buckets import Buckets
+        from streamer.model.manifest import read_manifest
         from streamer.model.runner import load_runner
-        from streamer.model.tokenize import Encoder
         from streamer.pipeline.paths import ModelInfo, make_handlers
 
         artifact = Path(artifact)
         manifest = read_manifest(artifact)
         model = ModelInfo(
-            name=manifest["model_name"],
-            version=str(manifest["model_version"]),
+            name=manifest["model"]["name"],
+            version=str(manifest["model"]["version"]),
             labels=tuple(manifest["labels"]),
             duplicate_threshold=float(manifest["duplicate_threshold"]),
         )
         settings = load_settings(paths=path, artifact=str(artifact))
-        (handler,) = make_handlers(settings, model, Encoder.from_artifact(artifact))
+        (handler,) = make_handlers(settings, model, encoder_for(artifact))
         buckets = Buckets.from_json(manifest["buckets"][path])
-        kwargs: dict[str, Any] = {"artifact_dir": str(artifact)}
+        kwargs: dict[str, Any] = {"artifact_dir": str(artifact), "force": force}
         if threads:
             kwargs["threads"] = threads
         return cls(handler, load_runner(**kwargs), buckets)

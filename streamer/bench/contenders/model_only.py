@@ -62,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", required=True)
     p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--force-artifact", action="store_true", help="load despite failed parity")
     p.add_argument("--batch-sizes", default="", help="comma list; default: the artifact's buckets")
     p.add_argument("--budget-s", type=float, default=2.0, help="time per bucket")
     p.add_argument("--max-iters", type=int, default=2000)
     a = p.parse_args(argv)
-    job = ModelJob.load(a.artifact, a.path, a.threads)
+    job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
     sizes = [int(x) for x in a.batch_sizes.split(",") if x] or list(job.buckets.batch_sizes)
     rows = token_rows(job, a.path, max(sizes))
     for seq in job.buckets.seq_lens:

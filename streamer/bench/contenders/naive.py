@@ -21,7 +21,7 @@ async def serve(a: argparse.Namespace) -> int:
     """Consume, process, produce and commit one record at a time until SIGTERM."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    job = ModelJob.load(a.artifact, a.path, a.threads)
+    job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
     job.warm_up(warmup_record(a.path))
     consumer = AIOKafkaConsumer(
         a.in_topic,

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     a = parser(__doc__ or "").parse_args(argv)
     _patch_fetch_wait()
-    job = ModelJob.load(a.artifact, a.path, a.threads)
+    job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
     job.warm_up(warmup_record(a.path))
     app = build_app(a, job)
     worker = faust.Worker(app, loglevel=logging.WARNING, quiet=True, redirect_stdouts=False)
