@@ -66,6 +66,8 @@ def base_manifest(meta: ModelMeta, target: str, sample_source: str) -> dict[str,
     return {
         "target": target,
         "model": {"name": meta.name, "version": meta.version},
+        "model_name": meta.name,
+        "model_version": meta.version,
         "labels": list(meta.labels),
         "duplicate_threshold": meta.duplicate_threshold,
         "serialization": meta.serialization,

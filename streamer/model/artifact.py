@@ -181,14 +181,18 @@ def load_trained(artifact_dir: Path, weights: str = WEIGHTS) -> tuple[Any, Model
     return model, meta
 
 
+def read_manifest(artifact_dir: Path) -> dict[str, Any]:
+    """manifest.json of a compiled artifact (see `streamer.model.manifest`)."""
+    from streamer.model.manifest import read_manifest as _read
+
+    return _read(artifact_dir)
+
+
 def encoder_for(artifact_dir: Path) -> Any:
     """The tokenize.Encoder configured from an artifact (trained or compiled)."""
     from streamer.model.tokenize import Encoder
 
-    meta = read_meta(artifact_dir)
-    return Encoder.from_files(
-        Path(artifact_dir) / TOKENIZER, meta.buckets, meta.max_query_len, meta.max_pair_len
-    )
+    return Encoder.from_artifact(Path(artifact_dir))
 
 
 class BackendUnavailableError(ArtifactError):

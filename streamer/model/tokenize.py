@@ -115,6 +115,19 @@ class Encoder:
         """Build from a tokenizer.json file (an artifact's or the backbone's)."""
         return cls(Tokenizer.from_file(str(tokenizer_json)), buckets, max_query_len, max_pair_len)
 
+    @classmethod
+    def from_artifact(cls, artifact_dir: Path) -> Encoder:
+        """Build from a trained or compiled artifact (its tokenizer.json and config.json)."""
+        from streamer.model.artifact import read_meta
+
+        meta = read_meta(artifact_dir)
+        return cls.from_files(
+            Path(artifact_dir) / "tokenizer.json",
+            meta.buckets,
+            meta.max_query_len,
+            meta.max_pair_len,
+        )
+
     def _finish(self, encodings: list[Encoding], task: Task, bucketed: bool) -> EncodedBatch:
         if not encodings:
             raise ValueError("cannot encode an empty batch")
