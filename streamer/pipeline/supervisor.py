@@ -8,9 +8,12 @@ has results to read, or lost its process (so the executor can re-dispatch).
 - Hang: a monitor task compares the worker's heartbeat (a progress stamp in its
   segment) with the oldest batch assigned to it; no progress for `heartbeat_timeout_s`
   while busy -> SIGKILL, then the death path runs.
-- Restart storms: exponential backoff per seat; a seat that fails
-  `max_consecutive_failures` times without a stable run gives up; when every seat has
-  given up the executor is told it is broken, so callers get an error, never a hang.
+- Restart storms: exponential backoff per seat, growing with deaths since the seat
+  last completed a batch. A seat whose worker fails to *start* (load its runner)
+  `max_failed_starts` times in a row gives up; when every seat has given up the
+  executor is told it is broken, so callers get an error, never a hang. Deaths while
+  running batches never make a seat give up: a poison batch is the executor's
+  `max_batch_crashes` business, and must not take the whole executor down with it.
 - Parent death: every worker holds the read end of one death pipe; the parent holds
   the only write end, so the kernel closes it however the parent dies.
 """
@@ -61,16 +64,16 @@ class RestartPolicy:
 
     base_delay_s: float = 0.1
     max_delay_s: float = 5.0
-    max_consecutive_failures: int = 5
+    max_failed_starts: int = 5
     stable_after_s: float = 10.0  # a worker that lived this long was not a start failure
 
     def delay_s(self, failures: int) -> float:
         """Wait before the restart after the `failures`-th consecutive failure (>= 1)."""
         return min(self.max_delay_s, self.base_delay_s * 2 ** max(0, failures - 1))
 
-    def gives_up(self, failures: int) -> bool:
-        """Whether a seat with this many consecutive failures stops restarting."""
-        return failures >= self.max_consecutive_failures
+    def gives_up(self, failed_starts: int) -> bool:
+        """Whether a seat whose worker failed to start this many times in a row stops."""
+        return failed_starts >= self.max_failed_starts
 
 
 @contextlib.contextmanager
@@ -178,7 +181,8 @@ class Seat:
     state: SeatState = SeatState.STOPPED
     process: WorkerProcess | None = None
     generation: int = 0
-    failures: int = 0
+    failures: int = 0  # deaths since the last completed batch: drives the backoff
+    failed_starts: int = 0  # consecutive deaths before ready: decides giving up
     started_ns: int = 0
     last_error: str = ""
     kill_reason: str = ""
@@ -338,6 +342,7 @@ class Supervisor:
             if self._start_waiter is not None:
                 raise WorkerStartError(f"could not spawn worker {seat.index}: {exc!r}") from exc
             seat.state = SeatState.BACKOFF
+            seat.failed_starts += 1
             self._failed(seat, f"could not spawn: {exc!r}")
             return
         seat.process = wp
@@ -428,26 +433,30 @@ class Supervisor:
                     )
                 )
             return
-        if was_ready and lived_ns > self._policy.stable_after_s * 1e9:
-            seat.failures = 0
+        if was_ready:
+            seat.failed_starts = 0
+            if lived_ns > self._policy.stable_after_s * 1e9:
+                seat.failures = 0
+        else:
+            seat.failed_starts += 1
         self._failed(seat, reason)
 
     def _failed(self, seat: Seat, reason: str) -> None:
         assert self._loop is not None
         seat.failures += 1
         seat.last_error = reason
-        if self._policy.gives_up(seat.failures):
+        if self._policy.gives_up(seat.failed_starts):
             seat.state = SeatState.GAVE_UP
             log.error(
-                "worker %d gave up after %d consecutive failures: %s",
+                "worker %d gave up: failed to start %d times in a row: %s",
                 seat.index,
-                seat.failures,
+                seat.failed_starts,
                 _summary(reason),
             )
             if all(s.state is SeatState.GAVE_UP for s in self.seats):
                 self._events.on_broken(
-                    f"all {len(self.seats)} workers failed {seat.failures} times in a row; "
-                    f"last error: {reason}"
+                    f"all {len(self.seats)} workers failed to start {seat.failed_starts} "
+                    f"times in a row; last error: {reason}"
                 )
             return
         delay = self._policy.delay_s(seat.failures)

@@ -229,6 +229,27 @@ async def test_poison_batch_fails_alone_after_max_crashes(
     assert ex.restarts == 2
 
 
+async def test_crashes_while_running_never_break_the_executor(
+    executor_factory: Callable[..., Any], rng: np.random.Generator
+) -> None:
+    # One worker, and a policy that gives up after a single failed start: repeated
+    # crashes on poison batches must still only fail those batches.
+    ex = await executor_factory(
+        fake_spec(crash_marker=5),
+        workers=1,
+        max_batch_crashes=2,
+        restart_policy=RestartPolicy(base_delay_s=0.01, max_failed_starts=1),
+    )
+    for _ in range(3):
+        task, ids, mask, types = batches(rng, 1)[0]
+        ids[0, 0] = 5
+        with pytest.raises(WorkerCrashedError):
+            await ex.submit(task, ids, mask, types)
+    b = batches(rng, 1)[0]
+    check(b, await ex.submit(*b))
+    assert ex.restarts == 6
+
+
 async def test_runner_exception_fails_only_its_batch(
     executor_factory: Callable[..., Any], rng: np.random.Generator
 ) -> None:
@@ -273,15 +294,16 @@ async def test_restart_storm_gives_up_with_a_clear_error(
     ex = await executor_factory(
         RunnerSpec("tests.fakes:make_fake_runner", {"n_outputs": K, "fail_load_if": str(broken)}),
         workers=1,
-        restart_policy=RestartPolicy(base_delay_s=0.01, max_consecutive_failures=3),
+        restart_policy=RestartPolicy(base_delay_s=0.01, max_failed_starts=3),
     )
     broken.touch()  # from now on every restart fails to load
     pid = ex.worker_pids()[0]
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(ExecutorBrokenError, match="failed 3 times"):
+    with pytest.raises(ExecutorBrokenError, match="failed to start 3 times") as info:
         await asyncio.wait_for(ex.submit(*batches(rng, 1)[0]), 30)
-    assert ex.restarts == 2
+    assert "refusing to load" in str(info.value)  # the worker's own error text
+    assert ex.restarts == 3
     with pytest.raises(ExecutorBrokenError):
         await ex.submit(*batches(rng, 1)[0])
 

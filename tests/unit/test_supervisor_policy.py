@@ -34,7 +34,7 @@ def test_hang_counts_from_the_later_of_heartbeat_and_assignment() -> None:
 
 
 def test_backoff_doubles_up_to_a_cap_and_gives_up() -> None:
-    p = RestartPolicy(base_delay_s=0.1, max_delay_s=1.0, max_consecutive_failures=4)
+    p = RestartPolicy(base_delay_s=0.1, max_delay_s=1.0, max_failed_starts=4)
     assert [p.delay_s(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     assert [p.gives_up(n) for n in range(1, 6)] == [False, False, False, True, True]
 
