@@ -1,0 +1,114 @@
+"""Report and harness wiring: the table picks the knee step, skips are explained, plots render."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from streamer.bench.harness import BenchConfig, Topics, contender_command, outcome_of
+from streamer.bench.report import best_step, markdown, plots
+
+
+def stats(p50: float, p99: float, count: int) -> dict[str, Any]:
+    return {"count": count, "p50_ms": p50, "p90_ms": p99, "p99_ms": p99, "p999_ms": p99 * 1.2,
+            "max_ms": p99 * 1.5, "mean_ms": p50}  # fmt: skip
+
+
+def step(rate: float, p99: float, n: int = 2000, missing: int = 0) -> dict[str, Any]:
+    return {
+        "offered_rate": rate,
+        "load": {"duration_s": 10.0, "p99_behind_ms": 0.5, "fell_behind": False},
+        "sink": {"unique": n, "missing": missing, "duplicates": 0, "throughput": n / 10,
+                 "broker": stats(p99 / 3, p99, n), "observed": stats(p99 / 2, p99 + 2, n)},
+        "cpu_s_per_1k": 1.25,
+        "broker_cpu_s_per_1k": 0.5,
+        "contender_alive": True,
+    }  # fmt: skip
+
+
+def results() -> dict[str, Any]:
+    return {
+        "meta": {
+            "date_utc": "2026-11-27T12:00:00Z", "command": "streamer bench --quick",
+            "git_commit": "abc123", "git_dirty": False,
+            "machine": {"cpu": "test cpu", "cores": 2, "platform": "linux"},
+            "broker": {"kind": "local Apache Kafka (KRaft)", "version": "4.1.1"},
+            "artifact": {"path": "/a", "model_name": "m", "model_version": "1", "target": "cpu"},
+            "step_s": 10.0, "arrival": "constant", "partitions": 4,
+        },
+        "runs": [
+            {"contender": "naive", "path": "intent", "status": "ok", "targets_ms": [10.0, 50.0],
+             "steps": [step(100, 8.0), step(200, 40.0, n=500), step(400, 900.0, missing=7)],
+             "max_sustained": {"10.0": 100, "50.0": 200}},
+            {"contender": "streamer", "path": "intent", "status": "skipped", "targets_ms": [10.0],
+             "steps": [], "reason": "streamer failed to start: exited with code 3"},
+            {"contender": "model-only", "path": "intent", "status": "ok", "cpu_s_per_1k": 0.4,
+             "buckets": [{"batch": 32, "seq_len": 16, "median_ms": 30.0, "p99_ms": 35.0,
+                          "items_per_s": 1066.0, "iters": 10}]},
+        ],
+    }  # fmt: skip
+
+
+def test_best_step_is_the_max_sustained_one() -> None:
+    run = results()["runs"][0]
+    best = best_step(run, 50.0)
+    assert best is not None and best["offered_rate"] == 200
+    assert best_step(results()["runs"][1], 10.0) is None
+
+
+def test_markdown_has_the_knee_rows_skips_and_provenance() -> None:
+    md = markdown(results())
+    assert "| naive | intent | 10 ms | 100 | 2.67 | 8.00 |" in md
+    assert "| naive | intent | 50 ms | 200 |" in md
+    assert "500*" in md  # a P99 from 500 results is flagged
+    assert "streamer/intent: skipped: streamer failed to start" in md
+    assert "abc123" in md and "4.1.1" in md and "test cpu" in md
+    assert "| intent | 32 | 16 | 30.00 | 35.00 | 1,066 |" in md
+    assert md.count("| naive | intent | ") == 2 + 3  # summary rows + every step
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    written = plots(results(), tmp_path)
+    assert {p.name for p in written} == {"latency-intent.png", "throughput-intent.png"}
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_outcome_uses_broker_latency_and_counts_a_dead_contender_as_missing() -> None:
+    s = step(100, 8.0)
+    assert outcome_of(s).meets(10.0)
+    s["contender_alive"] = False
+    assert not outcome_of(s).meets(10.0)
+
+
+def test_topics_are_fresh_per_run_and_contender() -> None:
+    a, b = Topics.fresh("r1", "naive", "intent"), Topics.fresh("r2", "naive", "intent")
+    assert not set(a.all()) & set(b.all())
+    assert len(set(a.all())) == 5
+
+
+def test_streamer_gets_its_topics_through_env_and_paths_as_a_flag(tmp_path: Path) -> None:
+    cfg = BenchConfig.preset(True, tmp_path, tmp_path)
+    topics = Topics.fresh("r", "streamer", "duplicate")
+    argv, env, port = contender_command("streamer", cfg, "127.0.0.1:9", "duplicate", topics, "g")
+    assert argv == [sys.executable, "-m", "streamer", "run", "--paths", "duplicate"]
+    assert env["STREAMER_TOPIC_PAIRS"] == topics.source
+    assert env["STREAMER_TOPIC_DUPLICATES"] == topics.results
+    assert env["STREAMER_TOPIC_QUERIES"] == topics.other_source
+    assert env["STREAMER_METRICS_PORT"] == str(port) and port
+    argv, _, port = contender_command("naive", cfg, "127.0.0.1:9", "intent", topics, "g")
+    assert port is None and "streamer.bench.contenders.naive" in argv
+
+
+def test_quick_preset_fits_the_ten_minute_budget(tmp_path: Path) -> None:
+    cfg = BenchConfig.preset(True, tmp_path, tmp_path)
+    kafka_runs = 3 * len(cfg.paths)  # streamer, naive, peer on each path
+    worst = (
+        sum(
+            cfg.plans[p].max_steps * (cfg.step_s + cfg.plans[p].drain_s) + cfg.warmup_s + 30
+            for p in cfg.paths
+        )
+        * kafka_runs
+        / len(cfg.paths)
+    )
+    assert worst < 10 * 60  # steps + drains + warm-up + ~30 s start/stop per run
