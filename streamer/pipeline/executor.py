@@ -546,7 +546,14 @@ class MultiprocExecutor:
         self._fail_all(ExecutorBrokenError(reason))
 
     def busy_since_ns(self, seat: Seat) -> int | None:
-        """Dispatch time of the oldest batch the worker holds (None when idle)."""
+        """Dispatch time of the oldest batch the worker still owes (None when idle)."""
         load = self._loads[seat.index]
-        times = [t for b, t in zip(load.slots, load.dispatched_ns, strict=True) if b is not None]
+        slots = seat.ring.slots
+        # A finished slot whose completion byte is not read yet (a busy loop) is not the
+        # worker's fault: only SUBMITTED/RUNNING slots count toward a hang.
+        times = [
+            t
+            for i, (b, t) in enumerate(zip(load.slots, load.dispatched_ns, strict=True))
+            if b is not None and slots[i].state in (SlotState.SUBMITTED, SlotState.RUNNING)
+        ]
         return min(times) if times else None

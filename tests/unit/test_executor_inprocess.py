@@ -368,3 +368,18 @@ async def test_submit_rejects_batches_larger_than_the_slots(
     with pytest.raises(ValueError, match="exceeds max 8x8"):
         await ex.submit(Task.INTENT, big, big, big)
     await ex.close()
+
+
+async def test_finished_but_unread_slots_do_not_count_as_hung(
+    inline: tuple[MultiprocExecutor, InlineSupervisor],
+) -> None:
+    ex, sup = inline
+    ids = np.ones((2, 2), np.int32)
+    t = asyncio.create_task(ex.submit(Task.INTENT, ids, ids, ids))
+    await settle()
+    seat = next(s for s in sup.seats if s.process.woken)  # type: ignore[union-attr]
+    assert ex.busy_since_ns(seat) is not None
+    sup.serve(seat.index, make_fake_runner(n_outputs=K), notify=False)
+    assert ex.busy_since_ns(seat) is None  # DONE, completion byte not read yet
+    ex.on_done(seat)
+    assert (await t).shape == (2, K)
