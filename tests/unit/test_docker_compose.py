@@ -93,3 +93,20 @@ def test_data_volume_is_declared(compose: dict[str, Any]) -> None:
     mounts = compose["services"]["kafka"]["volumes"]
     names = {str(m).split(":")[0] for m in mounts}
     assert names <= set(compose.get("volumes") or {})
+
+
+def test_service_dockerfile_copies_paths_that_exist() -> None:
+    """The CPU image (deploy/docker/Dockerfile) is built from the repository root."""
+    root = COMPOSE.parent
+    dockerfile = root / "deploy" / "docker" / "Dockerfile"
+    sources = [
+        line.split()[1]
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+    ]
+    assert sources, "no COPY lines found"
+    for source in sources:
+        assert (root / source).exists(), source
+    ignore = (root / "deploy" / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    for source in sources:
+        assert f"!{source}" in ignore, f"{source} is excluded from the build context"
