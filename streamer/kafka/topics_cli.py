@@ -2,8 +2,8 @@
 
 `streamer topics create [--partitions N]` creates whichever of the five topics are missing;
 `streamer topics describe` prints partitions, replication and leaders. The broker address
-and topic names come from `streamer.config.Settings` (so `KAFKA_BOOTSTRAP_SERVERS` and the
-`STREAMER_TOPIC_*` variables apply) unless given as flags.
+and topic names come from `streamer.config` (so `KAFKA_BOOTSTRAP_SERVERS`, the
+`STREAMER_TOPIC_*` variables and a `--config` TOML file apply) unless given as flags.
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="topic name (repeatable); default: the five configured topics",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per admin call")
+    parser.add_argument("--config", default=None, help="TOML settings file (topic names)")
 
 
-def configured_defaults() -> tuple[str, tuple[str, ...]]:
+def configured_defaults(config_file: str | None = None) -> tuple[str, tuple[str, ...]]:
     """Bootstrap address and topic names from the settings module, if it can be loaded."""
     try:
-        from streamer.config import Settings
+        from streamer.config import load_settings
 
-        settings = Settings()
+        settings = load_settings(config_file)
     except Exception:
         # A half-configured environment must not stop an operator from creating topics.
         return FALLBACK_BOOTSTRAP, DEFAULT_TOPICS
@@ -68,7 +69,7 @@ def configured_defaults() -> tuple[str, tuple[str, ...]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `topics create` or `topics describe`; exit code 1 on a broker error."""
-    bootstrap, names = configured_defaults()
+    bootstrap, names = configured_defaults(args.config)
     bootstrap = args.bootstrap_servers or bootstrap
     names = tuple(args.topics) if args.topics else names
     try:

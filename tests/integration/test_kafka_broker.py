@@ -8,6 +8,7 @@ consumer in the group resumes exactly there.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import uuid
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from streamer.kafka import topics_cli
 from streamer.kafka.local_broker import LocalKafka
 from streamer.kafka.topics import describe_topics, ensure_topics
 from tests.fixtures.kafka import TopicFactory
@@ -93,6 +95,33 @@ async def test_ensure_topics_is_idempotent(kafka_bootstrap: str) -> None:
     described = await describe_topics(kafka_bootstrap, list(names))
     assert {name: info.partitions for name, info in described.items()} == names
     assert all(info.replication == 1 for info in described.values())
+
+
+def cli_main(argv: list[str]) -> int:
+    """`streamer topics ...` without importing the other commands' modules."""
+    assert argv[0] == "topics"
+    parser = argparse.ArgumentParser(prog="streamer topics")
+    topics_cli.add_arguments(parser)
+    return topics_cli.run(parser.parse_args(argv[1:]))
+
+
+def test_topics_cli_create_is_idempotent_and_describe_reports(
+    kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`streamer topics create|describe` against the real broker, with explicit names."""
+    names = [f"cli-{uuid.uuid4().hex[:8]}", f"cli-{uuid.uuid4().hex[:8]}"]
+    flags = ["--bootstrap-servers", kafka_bootstrap, "--partitions", "2"]
+    for name in names:
+        flags += ["--topic", name]
+    assert cli_main(["topics", "create", *flags]) == 0
+    assert capsys.readouterr().out.count("created  ") == 2
+    assert cli_main(["topics", "create", *flags]) == 0
+    assert capsys.readouterr().out.count("exists   ") == 2
+    assert cli_main(["topics", "describe", *flags]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: partitions=2 replication=1" in out for name in names)
+    missing = ["--bootstrap-servers", kafka_bootstrap, "--topic", f"absent-{uuid.uuid4().hex}"]
+    assert cli_main(["topics", "describe", *missing]) == 1
 
 
 async def test_auto_create_is_disabled(kafka_bootstrap: str) -> None:
