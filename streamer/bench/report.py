@@ -99,6 +99,13 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['path']} | CPU s per 1k items: {_fmt(r['cpu_s_per_1k'], 2)} | | | | |"
             )
+    stamped = sum(
+        s["sink"].get("create_time_stamped", 0) for r in results["runs"] for s in r.get("steps", [])
+    )
+    if stamped:
+        lines += ["", f"Note: {stamped:,} results carried the producer's CreateTime (the broker "
+                  "ignored LogAppendTime): their latency ends at the contender's send, not at "
+                  "the broker's acknowledgement."]  # fmt: skip
     problems = [r for r in results["runs"] if r["status"] != "ok"]
     if problems:
         lines += ["", "## Not measured", ""]

@@ -64,6 +64,9 @@ class SinkReport:
     missing: int
     unknown: int
     clock_skewed: int
+    create_time_stamped: int
+    """Results whose broker timestamp is the producer's CreateTime, not the broker's append time
+    (a broker that ignores `message.timestamp.type=LogAppendTime`, e.g. Tansu)."""
     observed: LatencyStats
     broker: LatencyStats
     first_result_ms: int | None
@@ -103,6 +106,7 @@ class LatencyRecorder:
         self.broker = HdrHistogram(1, _MAX_US, 3)
         self.unknown = 0
         self.clock_skewed = 0
+        self.create_time_stamped = 0
         self.first_ms: int | None = None
         self.last_ms: int | None = None
 
@@ -112,6 +116,7 @@ class LatencyRecorder:
         observed_ms: float,
         broker_ts_ms: int | None,
         source_ts_ms: int | None = None,
+        log_append_time: bool = True,
     ) -> None:
         """Account one result record; only the first copy of an id counts towards latency."""
         sched = self.scheduled_ms.get(event_id)
@@ -128,6 +133,7 @@ class LatencyRecorder:
         self.observed.record_value(us)
         self.clock_skewed += skew
         if broker_ts_ms is not None:
+            self.create_time_stamped += not log_append_time
             us, skew = latency_us(sched, broker_ts_ms)
             self.broker.record_value(us)
             self.clock_skewed += skew
@@ -155,6 +161,7 @@ class LatencyRecorder:
             missing=len(self.missing_ids()) if self.strict else 0,
             unknown=self.unknown,
             clock_skewed=self.clock_skewed,
+            create_time_stamped=self.create_time_stamped,
             observed=LatencyStats.from_histogram(self.observed),
             broker=LatencyStats.from_histogram(self.broker),
             first_result_ms=self.first_ms,
@@ -236,7 +243,8 @@ class Sink:
                 for r in records:
                     key = r.key.decode("utf-8", "replace") if r.key else ""
                     src = None if rec.strict else source_ts_from_value(r.value)
-                    rec.observe(key, now_ms, r.timestamp, src)
+                    # timestamp_type 1 = LogAppendTime (the broker's clock at append)
+                    rec.observe(key, now_ms, r.timestamp, src, r.timestamp_type == 1)
 
     async def wait_complete(self, timeout_s: float, poll_s: float = 0.05) -> bool:
         """Wait until the current recorder has every expected id or the timeout passes."""

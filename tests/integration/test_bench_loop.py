@@ -70,5 +70,6 @@ async def test_open_loop_round_trip_counts_every_event(
     assert report.expected == 200 - load.bad == len(scheduled)
     assert report.unique == report.expected and report.missing == 0 and report.duplicates == 0
     assert report.unknown == load.bad  # echoed malformed records carry no known id
-    assert report.broker.count == report.unique  # LogAppendTime stamped every result
+    assert report.broker.count == report.unique
+    assert report.create_time_stamped == 0  # the broker stamped every result at append
     assert report.observed.p50_ms >= 0 and report.observed.max_ms < 30_000

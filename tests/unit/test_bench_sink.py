@@ -28,7 +28,14 @@ def test_percentiles_of_a_known_distribution() -> None:
     assert r.observed.max_ms == pytest.approx(1000, rel=0.002)
     assert r.broker.p99_ms == pytest.approx(989, rel=0.002)
     assert r.broker.count == 1000  # latency 0 at e0 is stored as 1 us, still counted
-    assert r.clock_skewed == 0
+    assert r.clock_skewed == 0 and r.create_time_stamped == 0
+
+
+def test_results_stamped_with_create_time_are_counted() -> None:
+    rec = LatencyRecorder({"a": 0, "b": 0})
+    rec.observe("a", 5, 4, log_append_time=False)
+    rec.observe("b", 5, 4)
+    assert rec.report().create_time_stamped == 1
 
 
 def test_duplicates_count_once_for_latency() -> None:
