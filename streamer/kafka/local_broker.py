@@ -423,6 +423,18 @@ class LocalKafka:
         """Install if needed, format storage once, start the JVM and wait until it serves."""
         if self.is_running():
             return self
+        fresh_workdir = self._workdir is None
+        try:
+            return self._start()
+        except BaseException:
+            # A temporary directory made by this failed first start holds nothing worth
+            # keeping (the error message already carries the log tail).
+            if fresh_workdir and self._owns_workdir and self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+            raise
+
+    def _start(self) -> LocalKafka:
         installation = install(self._version)
         self.install_seconds = installation.seconds
         if self._workdir is None:

@@ -333,3 +333,30 @@ def test_plan_broker(env: dict[str, str], docker: bool, expected: str) -> None:
 def test_plan_broker_rejects_impossible_choices(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         plan_broker(env, docker_available=lambda: False)
+
+
+def test_failed_first_start_removes_its_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamer.kafka import local_broker
+
+    made: list[Path] = []
+    real_mkdtemp = local_broker.tempfile.mkdtemp
+
+    def recording_mkdtemp(**kwargs: str) -> str:
+        path = real_mkdtemp(**kwargs)
+        made.append(Path(path))
+        return path
+
+    def no_java() -> str:
+        raise local_broker.BrokerStartError("no java")
+
+    fake = install_mod.Installation(KAFKA_VERSION, Path("/nonexistent"), 0.0, fresh=False)
+    monkeypatch.setattr(local_broker.tempfile, "mkdtemp", recording_mkdtemp)
+    monkeypatch.setattr(local_broker, "install", lambda version: fake)
+    monkeypatch.setattr(local_broker, "find_java", no_java)
+    kafka = local_broker.LocalKafka()
+    with pytest.raises(local_broker.BrokerStartError, match="no java"):
+        kafka.start()
+    assert not kafka.is_running()
+    assert len(made) == 1 and not made[0].exists()
