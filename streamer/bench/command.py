@@ -25,13 +25,16 @@ def default_artifact() -> Path | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `streamer bench`."""
     parser.add_argument("--quick", action="store_true", help="short steps; under 10 minutes")
+    parser.add_argument(
+        "--profile", choices=["quick", "full", "gpu"], help="preset (--quick = quick)"
+    )
     parser.add_argument("--artifact", type=Path, help="compiled artifact (default: newest *-cpu)")
     parser.add_argument(
         "--contenders",
         default=",".join(ALL_CONTENDERS),
         help=f"comma list of {', '.join(ALL_CONTENDERS)}",
     )
-    parser.add_argument("--paths", default="intent,duplicate")
+    parser.add_argument("--paths", help="intent,duplicate (default; the gpu profile: intent)")
     parser.add_argument(
         "--bootstrap",
         help="use this cluster (else KAFKA_BOOTSTRAP_SERVERS, "
@@ -63,13 +66,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown contenders: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     out = args.out or REPO_ROOT / "bench-results" / time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    overrides = {"step_s": args.step_s} if args.step_s else {}
+    overrides: dict[str, object] = {"step_s": args.step_s} if args.step_s else {}
+    if args.paths:
+        overrides["paths"] = tuple(p for p in args.paths.split(",") if p)
+    profile = args.profile or ("quick" if args.quick else "full")
     cfg = BenchConfig.preset(
-        args.quick,
+        profile,
         Path(artifact).resolve(),
         out,
         contenders=contenders,
-        paths=tuple(p for p in args.paths.split(",") if p),
         bootstrap=args.bootstrap,
         arrival=args.arrival,
         data_root=args.data_dir,

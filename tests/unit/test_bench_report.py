@@ -88,7 +88,7 @@ def test_topics_are_fresh_per_run_and_contender() -> None:
 
 
 def test_streamer_gets_its_topics_through_env_and_paths_as_a_flag(tmp_path: Path) -> None:
-    cfg = BenchConfig.preset(True, tmp_path, tmp_path)
+    cfg = BenchConfig.preset("quick", tmp_path, tmp_path)
     topics = Topics.fresh("r", "streamer", "duplicate")
     argv, env, port = contender_command("streamer", cfg, "127.0.0.1:9", "duplicate", topics, "g")
     assert argv == [sys.executable, "-m", "streamer", "run", "--paths", "duplicate"]
@@ -101,7 +101,7 @@ def test_streamer_gets_its_topics_through_env_and_paths_as_a_flag(tmp_path: Path
 
 
 def test_quick_preset_fits_the_ten_minute_budget(tmp_path: Path) -> None:
-    cfg = BenchConfig.preset(True, tmp_path, tmp_path)
+    cfg = BenchConfig.preset("quick", tmp_path, tmp_path)
     kafka_runs = 3 * len(cfg.paths)  # streamer, naive, peer on each path
     worst = (
         sum(
