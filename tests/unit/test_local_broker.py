@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -360,3 +361,71 @@ def test_failed_first_start_removes_its_temporary_directory(
         kafka.start()
     assert not kafka.is_running()
     assert len(made) == 1 and not made[0].exists()
+
+
+class _FakeContainer:
+    """Stands in for testcontainers' DockerContainer: records what the fixture asks for."""
+
+    instances: ClassVar[list[_FakeContainer]] = []
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.env: dict[str, str] = {}
+        self.ports: dict[int, int] = {}
+        self.started = self.stopped = False
+        _FakeContainer.instances.append(self)
+
+    def with_bind_ports(self, container: int, host: int) -> _FakeContainer:
+        self.ports[container] = host
+        return self
+
+    def with_env(self, key: str, value: str) -> _FakeContainer:
+        self.env[key] = value
+        return self
+
+    def start(self) -> _FakeContainer:
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_docker_kafka_advertises_the_published_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import testcontainers.core.container as tc
+
+    from tests.fixtures import kafka as fixtures
+
+    _FakeContainer.instances.clear()
+    waited: list[str] = []
+    monkeypatch.setattr(tc, "DockerContainer", _FakeContainer)
+    monkeypatch.setattr(fixtures, "wait_until_ready", lambda b, t: waited.append(b))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    container, bootstrap = fixtures.start_docker_kafka()
+    assert isinstance(container, _FakeContainer) and container.started
+    assert container.image == f"apache/kafka:{KAFKA_VERSION}"
+    host, port = split_bootstrap(bootstrap)[0]
+    assert container.ports == {port: port}
+    assert container.env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{host}:{port}"
+    assert f"PLAINTEXT://0.0.0.0:{port}" in container.env["KAFKA_LISTENERS"]
+    assert container.env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert len(container.env["CLUSTER_ID"]) == 22
+    assert waited == [bootstrap]
+
+
+def test_docker_kafka_is_stopped_when_it_never_gets_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import testcontainers.core.container as tc
+
+    from tests.fixtures import kafka as fixtures
+
+    def never_ready(bootstrap: str, timeout_s: float) -> None:
+        raise TimeoutError("not ready")
+
+    _FakeContainer.instances.clear()
+    monkeypatch.setattr(tc, "DockerContainer", _FakeContainer)
+    monkeypatch.setattr(fixtures, "wait_until_ready", never_ready)
+    with pytest.raises(TimeoutError):
+        fixtures.start_docker_kafka()
+    assert _FakeContainer.instances[0].stopped
