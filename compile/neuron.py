@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from compile.common import base_manifest, prepare_out_dir
 from compile.parity import compare, outputs, torch_forward
 from compile.sample import ParitySample
@@ -21,6 +23,7 @@ from streamer.model.backend_neuron import NeuronForward, bucket_file, import_neu
 from streamer.model.buckets import all_shapes, pad_to_shape
 from streamer.model.manifest import write_manifest
 from streamer.model.network import ServingModel
+from streamer.model.vocab import CLS_ID, SEP_ID
 
 # inf1: matmuls in bf16 with fp32 accumulation (`--fp32-cast=all` casts every fp32 op), no
 # pipelining across NeuronCores. inf2/trn1: neuronx-cc auto-casts matmuls to bf16.
@@ -46,7 +49,13 @@ def compile_neuron(
     for batch, seq_len in shapes:
         example = [
             torch.from_numpy(a)
-            for a in pad_to_shape(*(_filler() for _ in range(3)), batch, seq_len)
+            for a in pad_to_shape(
+                np.array([[CLS_ID, SEP_ID]], np.int32),
+                np.ones((1, 2), np.int32),
+                np.zeros((1, 2), np.int32),
+                batch,
+                seq_len,
+            )
         ]
         traced = neuron.trace(serving, example_inputs=example, compiler_args=COMPILER_ARGS[target])
         torch.jit.save(traced, str(out_dir / bucket_file(batch, seq_len)))
@@ -71,9 +80,3 @@ def compile_neuron(
         "verified": False,
     }
     return write_manifest(out_dir, manifest)
-
-
-def _filler() -> Any:
-    import numpy as np
-
-    return np.zeros((1, 2), np.int32)

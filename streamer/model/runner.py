@@ -123,7 +123,7 @@ def _cuda_forward(artifact_dir: Path, manifest: dict[str, Any], variant: str) ->
     model, _ = load_trained(artifact_dir, weights=info["file"])
     serving = ServingModel(model).to(torch_dtype(info["dtype"]))
     shapes = [tuple(s) for s in info["graphs"]]
-    return GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))  # type: ignore[arg-type]
+    return GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))
 
 
 def load_runner(

@@ -38,7 +38,7 @@ from streamer.model.data import (
 )
 from streamer.model.metrics import choose_threshold, duplicate_metrics, intent_metrics
 from streamer.model.model_card import render_model_card
-from streamer.model.network import BACKBONE_NAME, backbone_dir, build_pretrained
+from streamer.model.network import BACKBONE_NAME, MultiTaskBert, backbone_dir, build_pretrained
 from streamer.model.serialize import SERIALIZATION
 from streamer.model.tasks import Task
 from streamer.model.tokenize import EncodedBatch, Encoder
@@ -113,7 +113,7 @@ def _length_grouped(
     """Shuffle, sort within windows of 50 batches by length, cut into batches."""
     rng.shuffle(rows)
     window = batch * 50
-    out = []
+    out: list[list[int]] = []
     for start in range(0, len(rows), window):
         chunk = sorted(rows[start : start + window], key=lambda r: int(lengths[r]))
         out.extend(chunk[i : i + batch] for i in range(0, len(chunk), batch))
@@ -171,9 +171,9 @@ def predict(
     return intent_out, dup_out
 
 
-def freeze_lower(model: nn.Module, layers: int) -> None:
+def freeze_lower(model: MultiTaskBert, layers: int) -> None:
     """Freeze embeddings and the lowest `layers` encoder layers (no grads, no optimizer state)."""
-    bert = model.bert  # type: ignore[attr-defined]
+    bert = model.bert
     for p in bert.embeddings.parameters():
         p.requires_grad = False
     for layer in bert.encoder.layer[:layers]:
