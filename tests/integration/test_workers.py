@@ -388,19 +388,11 @@ async def test_parent_exiting_without_close_cleans_up_at_exit(tmp_path: Path) ->
     await wait_for(lambda: not any(pid_alive(p) for p in workers), 10)
 
 
-@pytest.fixture(scope="module")
-def tiny_cpu_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real runner's artifact format, random tiny weights (about 15 s to build)."""
-    from streamer.model.tiny import build_tiny_artifact, build_tiny_cpu_artifact
-
-    root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_cpu_artifact(build_tiny_artifact(root / "trained"), root / "cpu")
-
-
 @pytest.mark.slow
 async def test_real_runner_gives_identical_scores_in_and_out_of_process(
     tiny_cpu_artifact: Path, rng: np.random.Generator, no_leftovers: None
 ) -> None:
+    # tiny_cpu_artifact: the session fixture of tests/fixtures/model.py (real format).
     # fp32: the tiny random model's int8 variant is not meant to pass the parity gate.
     spec = RunnerSpec(
         "streamer.model.runner:load_runner",
