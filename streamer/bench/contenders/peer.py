@@ -1,7 +1,7 @@
 """Peer contender: the same job as an idiomatic faust-streaming agent with its own batching.
 
 faust-streaming was chosen over Quix Streams because it installs into this environment without
-downgrading anything the service pins (Quix 3.x pins pydantic < 2.14), and because it runs on
+downgrading anything the service pins (Quix 3.28 needs pydantic < 2.14), and because it runs on
 aiokafka, the client the service uses: the comparison isolates the architecture (one asyncio
 agent doing decode, tokenize and inference inline with `stream.take(max_, within=)` batches)
 from the Kafka client. Faust commits on its own schedule (`broker_commit_every/interval`).
