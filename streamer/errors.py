@@ -51,3 +51,11 @@ class EncodeError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ArtifactError(Exception):
+    """A model artifact is missing, malformed, tampered with, or failed its parity check."""
+
+
+class BackendUnavailableError(ArtifactError):
+    """The artifact's target needs a runtime (torch-neuron, CUDA, ...) this host does not have."""

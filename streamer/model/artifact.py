@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamer.errors import ArtifactError, BackendUnavailableError
 from streamer.model.buckets import DEFAULT_BUCKETS, Buckets
 from streamer.model.tasks import Task
+
+__all__ = ["ArtifactError", "BackendUnavailableError", "ModelMeta", "load_trained", "save_trained"]
 
 TRAINED_FORMAT = "streamer-trained-v1"
 WEIGHTS = "model.safetensors"
@@ -33,10 +36,6 @@ LABELS = "labels.json"
 TOKENIZER = "tokenizer.json"
 MODEL_CARD = "MODEL_CARD.md"
 EVAL = "eval.json"
-
-
-class ArtifactError(Exception):
-    """An artifact is missing, malformed, tampered with, or built for another target."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,3 @@ def encoder_for(artifact_dir: Path) -> Any:
     from streamer.model.tokenize import Encoder
 
     return Encoder.from_artifact(Path(artifact_dir))
-
-
-class BackendUnavailableError(ArtifactError):
-    """The artifact's target needs a runtime (torch-neuron, CUDA, ...) this host does not have."""
