@@ -31,6 +31,7 @@ from streamer.config import Settings
 from streamer.errors import DecodeError, ErrorCode
 from streamer.pipeline.backpressure import Action, Backpressure, inflight_limit
 from streamer.pipeline.batcher import Batch, BatchPolicy, MicroBatcher
+from streamer.pipeline.executor_errors import ExecutorBrokenError, ExecutorClosedError
 from streamer.pipeline.linger import LingerController
 from streamer.pipeline.metrics import HealthServer, Metrics
 from streamer.pipeline.offsets import OffsetWatermark
@@ -121,6 +122,7 @@ class Service:
         self._wake_ticker = asyncio.Event()
         self._ready = False
         self._signals = 0
+        self._exit_code = 0
         self._background: list[asyncio.Task[None]] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -186,7 +188,8 @@ class Service:
 
     def is_ready(self) -> bool:
         """Ready = consuming, not draining, and the executor has live workers."""
-        return self._ready and not self._stopping.is_set()
+        live = getattr(self.executor, "live_workers", None)
+        return self._ready and not self._stopping.is_set() and (live is None or live() > 0)
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT drains; a second one forces exit (uvicorn's convention)."""
@@ -222,7 +225,7 @@ class Service:
         try:
             await self._stopping.wait()
             drained = await self._drain(self.settings.drain_timeout_s)
-            return 0 if drained else 1
+            return self._exit_code or (0 if drained else 1)
         except asyncio.CancelledError:
             return 1
         finally:
@@ -426,9 +429,19 @@ class Service:
         t0 = time.monotonic()
         try:
             scores = await self.executor.submit(rt.handler.task, ids, mask, types)
-        except asyncio.CancelledError:
-            raise
+        except (ExecutorBrokenError, ExecutorClosedError) as exc:
+            # Not this batch's fault: leave its rows uncommitted (the next owner redoes them)
+            # and stop, so the orchestrator restarts a service whose workers cannot run.
+            if not self._stopping.is_set():
+                log.error(
+                    "executor unusable", extra={"event": "executor_broken", "error": repr(exc)}
+                )
+                self._exit_code = 1
+                self.request_stop()
+            return
         except Exception as exc:
+            # A batch-level failure (runner raised, poison batch): bisect so one bad row cannot
+            # fail the others; a row that fails alone goes to the DLQ.
             if len(rows) == 1:
                 row = rows[0]
                 self._dead_letter_row(rt, row, ErrorCode.MODEL_ERROR, f"inference failed: {exc!r}")
