@@ -178,7 +178,7 @@ async def run_load(
     return LoadReport(
         topic=topic,
         offered_rate=offered_rate,
-        duration_s=(offsets[-1] if offsets else 0.0),
+        duration_s=len(offsets) / offered_rate,  # the window the schedule covers
         scheduled=len(offsets),
         sent=len(futures),
         acked=len(results) - sum(1 for r in results if isinstance(r, BaseException)),
