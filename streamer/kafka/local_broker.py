@@ -299,6 +299,21 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def summarize_errors(log: str, limit: int = 8) -> str:
+    """The log's ERROR lines and exception causes, without stack frames or repeats."""
+    picked: list[str] = []
+    for line in log.splitlines():
+        text = line.strip()
+        is_error = " ERROR " in line or " FATAL " in line or text.startswith("Caused by:")
+        if is_error and text not in picked:
+            picked.append(text)
+    return "\n".join(picked[:limit]) or "(none found)"
+
+
+def _last_lines(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def _tail(path: Path, lines: int, since: int = 0) -> str:
     """The last lines of a log file, read from byte offset `since`."""
     try:
@@ -608,13 +623,17 @@ class LocalKafka:
         try:
             wait_until_ready(self.bootstrap_servers, self.start_timeout_s, self.is_running)
         except ProbeError as exc:
-            # The log is written by the JVM; give it a moment to flush its last words.
             alive = self.is_running()
             self.stop()
             state = "did not become ready" if alive else "exited"
+            # A temporary work dir is deleted after a failed start: name the log only if kept.
+            where = "" if self._owns_workdir else f" {self.log_file}"
+            log_text = self.log_tail(400)
             raise BrokerStartError(
                 f"Kafka {self._version} at {self.bootstrap_servers} {state} ({exc}).\n"
-                f"Command: {' '.join(cmd)}\nLog {self.log_file} (tail):\n{self.log_tail()}"
+                f"Command: {' '.join(cmd)}\n"
+                f"Errors in the broker log:\n{summarize_errors(log_text)}\n"
+                f"Broker log{where} (last lines):\n{_last_lines(log_text, 25)}"
             ) from exc
         self.start_seconds = time.monotonic() - started
 

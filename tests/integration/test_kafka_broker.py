@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import uuid
 from collections.abc import Iterable
 
@@ -20,7 +21,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from streamer.kafka import topics_cli
-from streamer.kafka.local_broker import LocalKafka
+from streamer.kafka.local_broker import BrokerStartError, LocalKafka, pid_is_kafka
 from streamer.kafka.topics import describe_topics, ensure_topics
 from tests.fixtures.kafka import TopicFactory
 
@@ -306,3 +307,26 @@ async def test_consumer_resumes_from_committed_offset_after_broker_restart(
     for tp, offset in committed.items():
         resumed = [r.offset for r in rest if r.partition == tp.partition]
         assert min(resumed) == offset, f"{tp} did not resume at its committed offset"
+
+
+@pytest.mark.slow
+def test_failed_start_says_why_and_leaves_nothing_running() -> None:
+    """A taken port: the error names the cause from the broker log; no JVM, no temp dir."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        kafka = LocalKafka(port=squatter.getsockname()[1], start_timeout_s=60)
+        pids: list[int] = []
+        real_stop = kafka.stop
+
+        def recording_stop() -> None:
+            if kafka.pid is not None:
+                pids.append(kafka.pid)
+            real_stop()
+
+        kafka.stop = recording_stop  # type: ignore[method-assign]
+        with pytest.raises(BrokerStartError, match="Address already in use"):
+            kafka.start()
+    assert not kafka.is_running()
+    assert all(not pid_is_kafka(pid) for pid in pids)
+    assert kafka._workdir is None, "the failed start kept its temporary directory"

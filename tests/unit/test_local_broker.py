@@ -39,6 +39,7 @@ from streamer.kafka.local_broker import (
     read_state,
     render_server_properties,
     state_path,
+    summarize_errors,
     write_state,
 )
 from streamer.kafka.probe import split_bootstrap
@@ -429,3 +430,21 @@ def test_docker_kafka_is_stopped_when_it_never_gets_ready(
     with pytest.raises(TimeoutError):
         fixtures.start_docker_kafka()
     assert _FakeContainer.instances[0].stopped
+
+
+def test_summarize_errors_keeps_errors_and_causes_once() -> None:
+    log = "\n".join(
+        [
+            "[t] INFO fine (x)",
+            "[t] ERROR Unable to start acceptor (y)",
+            "\tat some.Frame(File.java:1)",
+            "Caused by: java.net.BindException: Address already in use",
+            "Caused by: java.net.BindException: Address already in use",
+            "[t] WARN meh (z)",
+        ]
+    )
+    assert summarize_errors(log).splitlines() == [
+        "[t] ERROR Unable to start acceptor (y)",
+        "Caused by: java.net.BindException: Address already in use",
+    ]
+    assert summarize_errors("[t] INFO all good") == "(none found)"
