@@ -66,6 +66,7 @@ def worker_layout(target: str, settings: Settings) -> tuple[int, int, Any]:
 def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
     from streamer.model.artifact import read_manifest
+    from streamer.model.runner import RunnerManifest
     from streamer.model.tokenize import Encoder
     from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
 
@@ -78,21 +79,25 @@ def build_service(settings: Settings) -> Service:
             "build one with `python -m compile --target cpu --artifact DIR`"
         )
     manifest = read_manifest(artifact)
-    buckets = {Task.INTENT: Buckets.from_json(manifest["buckets"]["intent"]),
-               Task.DUPLICATE: Buckets.from_json(manifest["buckets"]["duplicate"])}  # fmt: skip
+    info = RunnerManifest.from_manifest(manifest, settings.variant or manifest["default_variant"])
+    buckets = info.buckets
     model = ModelInfo(
-        name=manifest["model_name"],
-        version=str(manifest["model_version"]),
-        labels=tuple(manifest["labels"]),
-        duplicate_threshold=float(manifest["duplicate_threshold"]),
+        name=info.name,
+        version=str(info.version),
+        labels=info.labels,
+        duplicate_threshold=info.duplicate_threshold,
     )
     encoder = Encoder.from_artifact(artifact)
     handlers = make_handlers(settings, model, encoder)
     spec = RunnerSpec(
         "streamer.model.runner:load_runner",
-        {"artifact_dir": str(artifact), "force": settings.force_artifact},
+        {
+            "artifact_dir": str(artifact),
+            "force": settings.force_artifact,
+            "variant": settings.variant,
+        },
     )
-    workers, threads, env = worker_layout(manifest["target"], settings)
+    workers, threads, env = worker_layout(info.target, settings)
     spec.kwargs["threads"] = threads
     executor: Any
     if settings.executor == "inprocess":
@@ -109,7 +114,7 @@ def build_service(settings: Settings) -> Service:
             heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
             env_per_worker=env,
         )
-    policies = batch_policies(manifest["target"], settings, buckets)
+    policies = batch_policies(info.target, settings, buckets)
     return Service(settings, handlers, executor, policies)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
     topic_duplicates: str = "search.product-duplicates.v1"
     topic_dlq: str = "search.streamer.dlq.v1"
 
-    paths: tuple[PathName, ...] = Field(
+    # NoDecode: env values are 'intent,duplicate', not JSON; the validator below splits them.
+    paths: Annotated[tuple[PathName, ...], NoDecode] = Field(
         (PathName.INTENT, PathName.DUPLICATE),
         description="Which paths this process serves: 'intent', 'duplicate' or both (comma list).",
     )
@@ -81,6 +83,9 @@ class Settings(BaseSettings):
     slots_per_worker: int = Field(2, ge=1, le=16, description="Batches queued per worker.")
     worker_heartbeat_timeout_s: float = Field(30.0, gt=0)
     force_artifact: bool = Field(False, description="Load an artifact whose parity failed.")
+    variant: str | None = Field(
+        None, description="Artifact variant (cpu: 'int8' or 'fp32'); default: the manifest's."
+    )
 
     # --- Latency budget, batching and backpressure ---------------------------------------
     p99_target_ms: float = Field(10.0, gt=0, le=60_000, description="End-to-end P99 target.")
