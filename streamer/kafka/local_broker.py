@@ -34,7 +34,14 @@ from pathlib import Path
 from string import Template
 from types import TracebackType
 
-from streamer.kafka.install import DEPLOY_DIR, KAFKA_VERSION, install, kafka_home, version_dir
+from streamer.kafka.install import (
+    DEPLOY_DIR,
+    KAFKA_VERSION,
+    MARKER_NAME,
+    install,
+    kafka_home,
+    version_dir,
+)
 from streamer.kafka.probe import ProbeError, tcp_accepts, wait_until_ready
 
 HOST = "127.0.0.1"
@@ -255,17 +262,21 @@ def terminate_pid(pid: int, timeout_s: float = 30.0) -> bool:
 def cds_archive_path(java: str, version: str, home: Path | None = None) -> Path:
     """Where the broker's class-data-sharing archive lives for this JVM and Kafka version.
 
-    A dynamic CDS archive is only valid for the JVM build that wrote it, so the file name
-    carries a digest of the java binary's real path, size and mtime.
+    A dynamic CDS archive is only valid for the JVM build and the jars that wrote it, so the
+    file name carries a digest of the java binary and of the install marker.
     """
     real = Path(java).resolve()
-    try:
-        st = real.stat()
-        key = f"{real}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        key = str(real)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return version_dir(version, home) / f"broker-cds-{digest}.jsa"
+    vdir = version_dir(version, home)
+    parts = [str(real)]
+    # The archive also records the jars' sizes and times: a re-install needs a new one.
+    for path in (real, vdir / MARKER_NAME):
+        try:
+            st = path.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    digest = hashlib.sha256(":".join(parts).encode()).hexdigest()[:12]
+    return vdir / f"broker-cds-{digest}.jsa"
 
 
 def cds_flags(archive: Path, dump_to: Path | None) -> list[str]:
@@ -624,7 +635,12 @@ class LocalKafka:
             wait_until_ready(self.bootstrap_servers, self.start_timeout_s, self.is_running)
         except ProbeError as exc:
             alive = self.is_running()
+            # A JVM that never served has loaded only part of the broker's classes: an
+            # archive of those would make every later start slower, so it is not kept.
+            pending, self._cds_pending = self._cds_pending, None
             self.stop()
+            if pending is not None:
+                pending.unlink(missing_ok=True)
             state = "did not become ready" if alive else "exited"
             # A temporary work dir is deleted after a failed start: name the log only if kept.
             where = "" if self._owns_workdir else f" {self.log_file}"

@@ -448,3 +448,11 @@ def test_summarize_errors_keeps_errors_and_causes_once() -> None:
         "Caused by: java.net.BindException: Address already in use",
     ]
     assert summarize_errors("[t] INFO all good") == "(none found)"
+
+
+def test_cds_archive_name_changes_after_a_reinstall(tmp_path: Path) -> None:
+    java = tmp_path / "java"
+    java.write_bytes(b"#!")
+    before = cds_archive_path(str(java), "4.1.1", home=tmp_path)
+    _fake_install(tmp_path, ["kafka_2.13-x.jar"], version="4.1.1")
+    assert cds_archive_path(str(java), "4.1.1", home=tmp_path) != before
