@@ -48,6 +48,30 @@ def plan_cuda(meta: ModelMeta, dtype: str = "bfloat16") -> CudaPlan:
     )
 
 
+def golden_batches(reference_model: Any, encoder: Any, sample: ParitySample) -> dict[str, Any]:
+    """A few encoded inputs with their fp32 outputs, re-checked by the runner after capture.
+
+    Parity at compile time may have run on a CPU stand-in; this lets the GPU that serves the
+    artifact prove its graphs reproduce the reference before the first real batch.
+    """
+    import numpy as np
+
+    golden: dict[str, Any] = {}
+    queries = encoder.encode_queries(sample.queries[:8])
+    pairs = encoder.encode_pairs(sample.lefts[:4], sample.rights[:4])
+    forward = torch_forward(reference_model)
+    for name, batch, head in (("intent", queries, 0), ("duplicate", pairs, 1)):
+        arrays = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        out = forward(*arrays)[head]
+        golden[name] = {
+            "input_ids": batch.input_ids.tolist(),
+            "attention_mask": batch.attention_mask.tolist(),
+            "token_type_ids": batch.token_type_ids.tolist(),
+            "expected": np.asarray(out, np.float32).tolist(),
+        }
+    return golden
+
+
 def compile_cuda(
     trained_dir: Path, out_dir: Path, sample: ParitySample, *, dtype: str = "bfloat16"
 ) -> dict[str, Any]:
@@ -80,6 +104,7 @@ def compile_cuda(
         else f"CPU in {dtype} without graphs (no CUDA device at compile time; kernels unverified)"
     )
     manifest = base_manifest(meta, "cuda", sample.source)
+    manifest["golden"] = golden_batches(reference_model, encoder, sample)
     manifest["variants"] = {
         dtype: {
             "file": plan.weights_file,

@@ -101,7 +101,40 @@ def check_parity(manifest: dict[str, Any], variant: str, force: bool) -> None:
     )
 
 
-def _cuda_forward(artifact_dir: Path, manifest: dict[str, Any], variant: str) -> Forward:
+GOLDEN_MAX_ABS_DIFF = 0.05
+
+
+def check_golden(forward: Forward, golden: dict[str, Any], threshold: float) -> dict[str, float]:
+    """Re-run the manifest's golden inputs; raise ArtifactError if labels or decisions differ.
+
+    Returns the max abs differences seen, for logging.
+    """
+    diffs = {}
+    for name, head in (("intent", 0), ("duplicate", 1)):
+        case = golden[name]
+        arrays = [
+            np.asarray(case[k], np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")
+        ]
+        expected = np.asarray(case["expected"], np.float32)
+        got = forward(*arrays)[head]
+        diff = float(np.max(np.abs(got - expected)))
+        same = (
+            np.array_equal(got.argmax(-1), expected.argmax(-1))
+            if name == "intent"
+            else np.array_equal(got >= threshold, expected >= threshold)
+        )
+        if not same or diff > GOLDEN_MAX_ABS_DIFF:
+            raise ArtifactError(
+                f"the {name} head on this device disagrees with the fp32 reference on the "
+                f"manifest's golden inputs (max abs diff {diff:.4f}, same decisions: {same})"
+            )
+        diffs[name] = diff
+    return diffs
+
+
+def _cuda_forward(
+    artifact_dir: Path, manifest: dict[str, Any], variant: str, force: bool
+) -> Forward:
     import torch
 
     from streamer.model.artifact import load_trained
@@ -123,7 +156,10 @@ def _cuda_forward(artifact_dir: Path, manifest: dict[str, Any], variant: str) ->
     model, _ = load_trained(artifact_dir, weights=info["file"])
     serving = ServingModel(model).to(torch_dtype(info["dtype"]))
     shapes = [tuple(s) for s in info["graphs"]]
-    return GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))
+    forward = GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))
+    if "golden" in manifest and not force:
+        check_golden(forward, manifest["golden"], float(manifest["duplicate_threshold"]))
+    return forward
 
 
 def load_runner(
@@ -157,7 +193,7 @@ def load_runner(
 
         forward = OrtForward(artifact_dir / info["file"], threads)
     elif target == "cuda":
-        forward = _cuda_forward(artifact_dir, manifest, variant)
+        forward = _cuda_forward(artifact_dir, manifest, variant, force)
     else:
         from streamer.model.backend_neuron import NeuronForward
 

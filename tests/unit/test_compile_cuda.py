@@ -10,12 +10,18 @@ import torch
 
 from compile.cuda import compile_cuda, plan_cuda
 from compile.sample import builtin_sample
-from streamer.model.artifact import BackendUnavailableError, encoder_for, load_trained, read_meta
+from streamer.model.artifact import (
+    ArtifactError,
+    BackendUnavailableError,
+    encoder_for,
+    load_trained,
+    read_meta,
+)
 from streamer.model.backend_cuda import GraphForward, torch_dtype
 from streamer.model.buckets import DEFAULT_BUCKETS
 from streamer.model.manifest import read_manifest, verify_checksums
 from streamer.model.network import ServingModel
-from streamer.model.runner import load_runner
+from streamer.model.runner import GOLDEN_MAX_ABS_DIFF, check_golden, load_runner
 from streamer.model.tasks import Task
 
 
@@ -76,6 +82,27 @@ def test_cuda_artifact_is_written_with_bf16_weights(tiny_artifact: Path, tmp_pat
         assert "no CUDA device" in parity["measured_on"]
     assert parity["intent_max_abs_diff"] < 0.1
     assert manifest["target"] == "cuda" and manifest["default_variant"] == "bfloat16"
+
+
+def test_golden_inputs_pass_on_the_stand_in_and_catch_a_wrong_model(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tiny-cuda"
+    manifest = compile_cuda(tiny_artifact, out, builtin_sample(), dtype="bfloat16")
+    golden = manifest["golden"]
+    assert len(golden["intent"]["input_ids"]) == 8 and len(golden["duplicate"]["input_ids"]) == 4
+    info = manifest["variants"]["bfloat16"]
+    served, _ = load_trained(out, weights=info["file"])
+    shapes = [tuple(s) for s in info["graphs"]]
+    forward = GraphForward(ServingModel(served), shapes, "cpu", use_graphs=False)
+    diffs = check_golden(forward, golden, manifest["duplicate_threshold"])
+    assert diffs["intent"] < GOLDEN_MAX_ABS_DIFF
+    # A model with other weights must be caught before it serves.
+    with torch.no_grad():
+        for p in served.intent_head.parameters():
+            p.mul_(-3.0)
+    with pytest.raises(ArtifactError, match="disagrees with the fp32 reference"):
+        check_golden(forward, golden, manifest["duplicate_threshold"])
 
 
 def test_runner_refuses_cuda_artifact_without_a_gpu(tiny_artifact: Path, tmp_path: Path) -> None:
