@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from streamer.pipeline.metrics import STAGES
+
 MIN_RESULTS_FOR_P99 = 1_000
 
 # one colour per contender, one line style per percentile
@@ -192,7 +194,9 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         for r in staged:
             fig, ax = plt.subplots(figsize=(8, 5))
             steps = [s for s in r["steps"] if s.get("stages")]
-            names = sorted({st["stage"] for s in steps for st in s["stages"]})
+            seen = {st["stage"] for s in steps for st in s["stages"]}
+            # pipeline order (fetch, queue, linger, model, produce), then anything new
+            names = [n for n in STAGES if n in seen] + sorted(seen - set(STAGES))
             bottom = [0.0] * len(steps)
             labels = [_fmt(s["offered_rate"], 0) for s in steps]
             for name in names:

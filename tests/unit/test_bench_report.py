@@ -74,6 +74,19 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 for p in written)
 
 
+def test_stage_plot_for_a_contender_with_metrics(tmp_path: Path) -> None:
+    doc = results()
+    staged = step(100, 8.0)
+    staged["stages"] = [
+        {"path": "intent", "stage": name, "count": 10, "mean_ms": ms, "p99_le_ms": ms * 2}
+        for name, ms in (("produce", 2.0), ("fetch", 1.0), ("model", 3.0))
+    ]
+    doc["runs"][1] = {"contender": "streamer", "path": "intent", "status": "ok",
+                      "targets_ms": [10.0], "steps": [staged], "max_sustained": {"10.0": 100}}  # fmt: skip
+    written = {p.name for p in plots(doc, tmp_path)}
+    assert "stages-intent.png" in written
+
+
 def test_outcome_uses_broker_latency_and_counts_a_dead_contender_as_missing() -> None:
     s = step(100, 8.0)
     assert outcome_of(s).meets(10.0)
