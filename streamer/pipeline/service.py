@@ -312,9 +312,7 @@ class Service:
         consumer = self._consumer
         while not self._stopping.is_set():
             try:
-                fetched = await consumer.getmany(
-                    timeout_ms=100, max_records=self.settings.max_poll_records
-                )
+                fetched = await consumer.getmany(timeout_ms=100, max_records=self._fetch_room())
             except KafkaError as exc:
                 log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
                 await asyncio.sleep(0.5)
@@ -329,6 +327,20 @@ class Service:
                     self._ingest(rt, tp, messages, now)
             self._apply_backpressure()
             self._wake_ticker.set()
+
+    def _fetch_room(self) -> int:
+        """Records one fetch may take: never more than the tightest unpaused path has room for.
+
+        This makes the high watermark a hard bound on in-flight records, not a hint that one
+        large fetch could overshoot by max_poll_records.
+        """
+        rooms = [
+            rt.backpressure.high - rt.backpressure.inflight
+            for rt in self.paths.values()
+            if not rt.backpressure.paused
+        ]
+        room = min(rooms) if rooms else 1
+        return max(1, min(self.settings.max_poll_records, room))
 
     def _ingest(self, rt: PathRuntime, tp: TopicPartition, messages: list[Any], now: float) -> None:
         """Decode a fetched chunk, DLQ the bad ones, tokenize the good ones in one call."""
