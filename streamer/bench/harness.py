@@ -278,6 +278,8 @@ class Contender:
                     return None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.proc.wait(), timeout=0.5)
+        with contextlib.suppress(TimeoutError):  # closed stdout: let it finish exiting
+            await asyncio.wait_for(self.proc.wait(), timeout=5.0)
         code = self.proc.returncode
         await self.stop()
         why = (
