@@ -65,6 +65,8 @@ class BenchConfig:
     partitions: int = 4
     ready_timeout_s: float = 120.0
     model_only_budget_s: float = 2.0
+    budget_s: float | None = None
+    """Wall-clock budget of the whole run; shared evenly by the contender runs still to go."""
     plans: dict[str, PathPlan] = field(default_factory=dict)
     data_root: str | None = None
     profile: str = "full"
@@ -82,7 +84,7 @@ class BenchConfig:
                 "duplicate": PathPlan((1000.0,), 10.0, 2.5, 4, 5.0),
             }
             base = dict(step_s=6.0, warmup_s=2.0, refine_steps=0, model_only_budget_s=0.5,
-                        ready_timeout_s=90.0)  # fmt: skip
+                        ready_timeout_s=90.0, budget_s=540.0)  # fmt: skip
         elif profile == "full":
             plans = {
                 "intent": PathPlan((10.0, 50.0), 50.0, 1.5, 14, 5.0),
@@ -94,7 +96,7 @@ class BenchConfig:
                 "duplicate": PathPlan((1000.0,), 100.0, 2.0, 6, 5.0),
             }
             base = dict(step_s=5.0, warmup_s=2.0, refine_steps=0, model_only_budget_s=0.5,
-                        ready_timeout_s=120.0, paths=("intent",))  # fmt: skip
+                        ready_timeout_s=120.0, paths=("intent",), budget_s=420.0)  # fmt: skip
         else:
             raise ValueError(f"unknown profile {profile!r}: quick, full or gpu")
         base.update(overrides)
@@ -392,8 +394,12 @@ async def run_contender_path(
     path: str,
     log_dir: Path,
     say: Any,
+    deadline: float = float("inf"),
 ) -> dict[str, Any]:
-    """Knee search of one contender on one path; never raises for a contender's failure."""
+    """Knee search of one contender on one path; never raises for a contender's failure.
+
+    `deadline` (time.monotonic()) ends the ramp early, recorded as `stopped_by_budget`.
+    """
     plan = cfg.plans[path]
     topics = Topics.fresh(run_id, name, path)
     group = f"bench-{run_id}-{name}-{path}"
@@ -404,6 +410,10 @@ async def run_contender_path(
         "steps": [],
         "status": "ok",
     }
+    if time.monotonic() + cfg.step_s + plan.drain_s > deadline:
+        result.update(status="skipped", reason="time budget spent before it could start")
+        say(f"  {name}/{path}: SKIPPED (time budget spent)")
+        return result
     await create_topics(bootstrap, topics.all(), cfg.partitions, {topics.results})
     argv, env, port = contender_command(name, cfg, bootstrap, path, topics, group)
     contender = Contender(name, argv, env, port, log_dir / f"{name}-{path}.log")
@@ -442,6 +452,10 @@ async def run_contender_path(
         )
         seed = 2
         while (rate := search.next_rate()) is not None:
+            if time.monotonic() + cfg.step_s + plan.drain_s > deadline:
+                result["stopped_by_budget"] = True
+                say(f"  {name}/{path}: time budget spent, ramp stopped at {rate:.1f}/s")
+                break
             step = await measure_step(
                 cfg,
                 bootstrap,
@@ -603,6 +617,7 @@ async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict
     log_dir = cfg.out_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     run_id = uuid.uuid4().hex[:8]
+    deadline = time.monotonic() + (cfg.budget_s if cfg.budget_s is not None else float("inf"))
     results: dict[str, Any] = {"meta": run_meta(cfg, argv), "runs": []}
     for path in cfg.paths:
         if "model-only" in cfg.contenders:
@@ -614,14 +629,16 @@ async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict
     if kafka_contenders:
         with broker_for(cfg, say) as (bootstrap, broker_pid, broker_meta):
             results["meta"]["broker"] = broker_meta
-            for path in cfg.paths:
-                for name in kafka_contenders:
-                    say(f"{name}/{path} ...")
-                    results["runs"].append(
-                        await run_contender_path(
-                            cfg, run_id, bootstrap, broker_pid, name, path, log_dir, say
-                        )
+            todo = [(path, name) for path in cfg.paths for name in kafka_contenders]
+            for i, (path, name) in enumerate(todo):
+                # an even share of what is left, so the last contender is not starved
+                share = time.monotonic() + (deadline - time.monotonic()) / (len(todo) - i)
+                say(f"{name}/{path} ...")
+                results["runs"].append(
+                    await run_contender_path(
+                        cfg, run_id, bootstrap, broker_pid, name, path, log_dir, say, share
                     )
+                )
     (cfg.out_dir / "results.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )

@@ -101,6 +101,10 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['path']} | CPU s per 1k items: {_fmt(r['cpu_s_per_1k'], 2)} | | | | |"
             )
+    cut = [f"{r['contender']}/{r['path']}" for r in results["runs"] if r.get("stopped_by_budget")]
+    if cut:
+        lines += ["", f"Note: the time budget ended the ramp early for {', '.join(cut)}: "
+                  "their max sustained rate is a lower bound."]  # fmt: skip
     stamped = sum(
         s["sink"].get("create_time_stamped", 0) for r in results["runs"] for s in r.get("steps", [])
     )
