@@ -21,7 +21,7 @@ $(STAMP): $(LOCK)
 	@command -v python3 >/dev/null || { echo "python3 (3.11+) is required" >&2; exit 1; }
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
