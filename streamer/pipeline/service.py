@@ -62,7 +62,7 @@ class PathRuntime:
     paused: set[TopicPartition] = field(default_factory=set)
 
 
-class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _RebalanceListener(ConsumerRebalanceListener):
     """Forwards aiokafka's rebalance callbacks to the service."""
 
     def __init__(self, service: Service) -> None:

@@ -18,7 +18,11 @@ def test_task_definition_fields(name: str) -> None:
     (container,) = task["containerDefinitions"]
     assert container["command"][:2] == ["streamer", "run"]
     env = {e["name"]: e["value"] for e in container["environment"]}
-    assert {"STREAMER_BOOTSTRAP_SERVERS", "STREAMER_ARTIFACT", "STREAMER_METRICS_PORT"} <= env.keys()
+    assert {
+        "STREAMER_BOOTSTRAP_SERVERS",
+        "STREAMER_ARTIFACT",
+        "STREAMER_METRICS_PORT",
+    } <= env.keys()
     assert container["portMappings"][0]["containerPort"] == int(env["STREAMER_METRICS_PORT"])
     # ECS must wait longer than the drain deadline before SIGKILL.
     assert container["stopTimeout"] > float(env.get("STREAMER_DRAIN_TIMEOUT_S", "10"))
