@@ -197,13 +197,13 @@ def contender_command(
                 "STREAMER_TOPIC_INTENTS": topics.results if intent else topics.other_results,
                 "STREAMER_TOPIC_DUPLICATES": topics.other_results if intent else topics.results,
                 "STREAMER_TOPIC_DLQ": topics.dlq,
+                "STREAMER_PATHS": path,
                 "STREAMER_METRICS_PORT": str(port),
                 "STREAMER_FORCE_ARTIFACT": "true" if cfg.force_artifact else "false",
             }
         )
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        # --paths as a flag: a plain `intent` in STREAMER_PATHS is not valid JSON for a tuple
-        return [sys.executable, "-m", "streamer", "run", "--paths", path], env, port
+        return [sys.executable, "-m", "streamer", "run"], env, port
     module = {"naive": "naive", "peer": "peer"}[name]
     argv = [
         sys.executable,

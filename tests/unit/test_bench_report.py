@@ -106,11 +106,12 @@ def test_topics_are_fresh_per_run_and_contender() -> None:
     assert len(set(a.all())) == 5
 
 
-def test_streamer_gets_its_topics_through_env_and_paths_as_a_flag(tmp_path: Path) -> None:
+def test_streamer_is_configured_through_its_env(tmp_path: Path) -> None:
     cfg = BenchConfig.preset("quick", tmp_path, tmp_path)
     topics = Topics.fresh("r", "streamer", "duplicate")
     argv, env, port = contender_command("streamer", cfg, "127.0.0.1:9", "duplicate", topics, "g")
-    assert argv == [sys.executable, "-m", "streamer", "run", "--paths", "duplicate"]
+    assert argv == [sys.executable, "-m", "streamer", "run"]
+    assert env["STREAMER_PATHS"] == "duplicate"
     assert env["STREAMER_TOPIC_PAIRS"] == topics.source
     assert env["STREAMER_TOPIC_DUPLICATES"] == topics.results
     assert env["STREAMER_TOPIC_QUERIES"] == topics.other_source
