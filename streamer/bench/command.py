@@ -82,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
         **overrides,
     )
     started = time.monotonic()
-    results = asyncio.run(run_bench(cfg, ["streamer", "bench", *sys.argv[2:]]))
+    from streamer.kafka.local_broker import BrokerStartError
+
+    try:
+        results = asyncio.run(run_bench(cfg, ["streamer", "bench", *sys.argv[2:]]))
+    except BrokerStartError as exc:  # no broker, no benchmark: say why instead of a traceback
+        print(f"could not start the local Kafka broker: {exc}", file=sys.stderr)
+        return 3
     (out / "results.md").write_text(markdown(results))
     written = plots(results, out)
     print(
