@@ -60,6 +60,22 @@ def pick_artifact() -> Path:
     return next(p.parent for p in out.glob("*/manifest.json"))
 
 
+def passing_variant(artifact: Path) -> str | None:
+    """The manifest's default variant if it met its parity gate, else one that did."""
+    from streamer.model.artifact import read_manifest
+
+    manifest = read_manifest(artifact)
+    default = manifest["default_variant"]
+    variants = manifest["variants"]
+    if variants[default].get("parity", {}).get("passed"):
+        return None
+    for name, info in variants.items():
+        if info.get("parity", {}).get("passed"):
+            print(f"variant {default!r} missed its parity gate; the demo serves {name!r}")
+            return str(name)
+    return None
+
+
 async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -70,7 +86,7 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
     from streamer.kafka.topics import ensure_topics
     from streamer.records.samples import BAD_RECORDS
 
-    console = Console()
+    console = Console(width=max(Console().width, 132))
     artifact = pick_artifact()
     tag = uuid.uuid4().hex[:6]
     topics = {
@@ -82,6 +98,9 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
     }
     await ensure_topics(bootstrap, {name: args.partitions for name in topics.values()})
     env = dict(os.environ)
+    variant = passing_variant(artifact)
+    if variant is not None:
+        env["STREAMER_VARIANT"] = variant
     env.update(
         {
             "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
