@@ -79,6 +79,10 @@ bench-quick: venv ## Short side-by-side benchmark (under 10 minutes)
 bench: venv ## Full side-by-side benchmark
 	$(PY) -m streamer bench
 
+.PHONY: bench-gpu
+bench-gpu: ## GPU machine: offline wheels, cuda compile, Tansu broker, GPU profile (see BENCHMARKS.md)
+	bash streamer/bench/gpu.sh
+
 .PHONY: clean
 clean: ## Remove build outputs in the clone (not the venv or the Kafka cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # record (a commit per message capped a naive consumer at ~130 events/s).
     commit_interval_ms: int = Field(200, ge=10, le=60_000)
     producer_linger_ms: int = Field(1, ge=0, le=1000)
+    producer_idempotence: bool = Field(
+        True,
+        description="Idempotent producer (no duplicates from retries); off only for brokers "
+        "that lack it (the Tansu broker on the GPU benchmark machine).",
+    )
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(1_000, ge=100)
 

@@ -134,7 +134,7 @@ class Service:
         common.update(s.kafka_security())
         self._producer = AIOKafkaProducer(
             acks="all",
-            enable_idempotence=True,
+            enable_idempotence=s.producer_idempotence,
             linger_ms=s.producer_linger_ms,
             request_timeout_ms=30_000,
             **common,
