@@ -81,6 +81,8 @@ done
 
 # 4. The benchmark: gpu profile (5 s steps from 200 events/s, doubling), same harness as CPU.
 log "benchmark: contenders $CONTENDERS, paths $PATHS, results in $OUT"
+# Tansu rejects idempotent producers (DESIGN.md section 5): the service must not ask for one.
+export STREAMER_PRODUCER_IDEMPOTENCE=false
 "$PY" -m streamer bench --profile gpu --bootstrap "127.0.0.1:$PORT" --artifact "$CUDA_ARTIFACT" \
     --contenders "$CONTENDERS" --paths "$PATHS" --out "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.csv"
