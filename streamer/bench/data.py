@@ -19,15 +19,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ditto serializes each benchmark with its own attribute names; map them onto one product shape.
-_ATTRIBUTE_ALIASES: dict[str, str] = {
-    "title": "title",
-    "name": "title",
-    "brand": "brand",
-    "manufacturer": "brand",
-    "category": "product_type",
-    "description": "description",
-    "price": "price",
-}
+# Canonical attribute names (streamer.model.serialize, shared with training) -> event fields.
+_EVENT_FIELD = {"title": "title", "brand": "brand", "type": "product_type",
+                "description": "description", "price": "price"}  # fmt: skip
 PAIR_DATASETS = ("Walmart-Amazon", "Abt-Buy", "Amazon-Google")
 _ASIN_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -85,14 +79,18 @@ def synthetic_asin(text: str) -> str:
 
 
 def parse_ditto_record(serialized: str) -> Product:
-    """Parse `COL attr VAL value COL attr VAL value ...` into a Product (unknown attrs ignored)."""
+    """Parse `COL attr VAL value COL attr VAL value ...` into a Product (unknown attrs ignored).
+
+    Uses the training code's parser and attribute aliases, so benchmark events carry exactly
+    the attributes the model was trained on.
+    """
+    from streamer.model.serialize import ALIASES
+    from streamer.model.serialize import parse_ditto_record as parse_attributes
+
     fields: dict[str, str] = {}
-    for chunk in serialized.split("COL ")[1:]:
-        attr, sep, value = chunk.partition(" VAL")
-        if not sep:
-            continue
-        key = _ATTRIBUTE_ALIASES.get(attr.strip())
-        if key is not None:
+    for attr, value in parse_attributes(serialized).items():
+        key = _EVENT_FIELD.get(ALIASES.get(attr.lower(), ""))
+        if key is not None and key not in fields:
             fields[key] = value.strip()
     price = _parse_price(fields.get("price", ""))
     return Product(
