@@ -48,10 +48,12 @@ def pick_artifact() -> Path:
         return out
     if compiled:
         return compiled[-1]
-    print(
-        "no trained model (run `make model` for the real one): building the tiny model", flush=True
-    )
     out = ARTIFACTS / "tiny"
+    built = sorted(out.glob("*/manifest.json"))
+    if built:
+        print("no trained model (run `make model` for the real one): using the tiny model")
+        return built[-1].parent
+    print("no trained model (run `make model` for the real one): building the tiny model")
     subprocess.run(
         [sys.executable, "-m", "streamer.model.tiny", "--out", str(out)],
         check=True,
