@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from streamer.model.artifact import ModelMeta, save_trained
+from streamer.model.artifact import ModelMeta, load_trained, save_trained
 from streamer.model.buckets import DEFAULT_BUCKETS
 from streamer.model.data import (
     DEFAULT_DATA_DIR,
@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--limit", type=int, default=0, help="smoke test: cap examples per split")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue from a trained artifact's weights (same label set) instead of MiniLM",
+    )
 
 
 def _limit(items: list[Any], n: int, rng: random.Random) -> list[Any]:
@@ -219,7 +225,14 @@ def train(args: argparse.Namespace) -> Path:
         intent_y.tolist(), pair_y, intent_enc.lengths, pair_enc.lengths, media_rows, args, rng
     )
 
-    model = build_pretrained(len(labels))
+    if args.init_from is not None:
+        model, previous = load_trained(args.init_from)
+        if previous.labels != labels:
+            raise SystemExit(
+                f"--init-from labels {previous.labels} differ from the data's {labels}"
+            )
+    else:
+        model = build_pretrained(len(labels))
     freeze_lower(model, args.freeze_layers)
     head_params = [*model.intent_head.parameters(), *model.duplicate_head.parameters()]
     head_ids = {id(p) for p in head_params}
