@@ -128,6 +128,11 @@ def batch_policies(
     """
     cpu = target == "cpu"
     ib, db = buckets[Task.INTENT], buckets[Task.DUPLICATE]
+    if cpu:
+        # ONNX Runtime runs any batch size: padding rows up to a bucket only pays off on
+        # static-shape targets (CUDA graphs, Neuron), so on cpu every row count is a bucket.
+        ib = Buckets(tuple(range(1, ib.max_batch + 1)), ib.seq_lens)
+        db = Buckets(tuple(range(1, db.max_batch + 1)), db.seq_lens)
     intent_rows = min(settings.intent_max_batch or (4 if cpu else 32), ib.max_batch)
     dup_rows = min(settings.duplicate_max_batch or (8 if cpu else 128), db.max_batch)
     typical_pair_len = min(128, db.max_seq_len)

@@ -1,0 +1,51 @@
+"""Per-target batch policies and worker layout chosen by the composition root."""
+
+from __future__ import annotations
+
+from streamer.app import batch_policies, worker_layout
+from streamer.config import load_settings
+from streamer.model.buckets import DEFAULT_BUCKETS
+from streamer.model.tasks import Task
+
+
+def test_cpu_policies_are_small_and_unpadded() -> None:
+    """On cpu, intent batches stay small and any row count runs without padding rows."""
+    policies = batch_policies("cpu", load_settings(), DEFAULT_BUCKETS)
+    intent = policies["intent"]
+    assert intent.max_batch == 4
+    assert intent.batch_buckets[:4] == (1, 2, 3, 4)
+    assert intent.seq_buckets == DEFAULT_BUCKETS[Task.INTENT].seq_lens
+    assert intent.padded_tokens(3, 10) == 3 * 16
+
+
+def test_static_shape_targets_pad_to_compiled_buckets() -> None:
+    """On cuda/neuron, batches pad to the compiled batch sizes and respect the largest one."""
+    policies = batch_policies("cuda", load_settings(), DEFAULT_BUCKETS)
+    intent, dup = policies["intent"], policies["duplicate"]
+    assert intent.batch_buckets == DEFAULT_BUCKETS[Task.INTENT].batch_sizes
+    assert intent.max_batch == 32
+    assert dup.max_batch <= DEFAULT_BUCKETS[Task.DUPLICATE].max_batch
+    assert intent.padded_tokens(3, 10) == 8 * 16
+
+
+def test_settings_override_batch_size_within_buckets() -> None:
+    """An explicit max batch is honoured but never above the compiled maximum."""
+    policies = batch_policies("cpu", load_settings(intent_max_batch=1000), DEFAULT_BUCKETS)
+    assert policies["intent"].max_batch == DEFAULT_BUCKETS[Task.INTENT].max_batch
+
+
+def test_cpu_layout_leaves_a_core_for_the_event_loop() -> None:
+    """cpu: workers x threads never exceed cores - 1 (at least one worker)."""
+    import os
+
+    workers, threads, env = worker_layout("cpu", load_settings())
+    assert workers >= 1 and threads >= 1
+    assert workers * threads <= max(1, (os.cpu_count() or 1) - 1)
+    assert env(0)["OMP_NUM_THREADS"] == str(threads)
+
+
+def test_neuron_layout_pins_one_core_per_worker() -> None:
+    """neuron: one worker per NeuronCore, each seeing only its own core."""
+    workers, _, env = worker_layout("neuron", load_settings(workers=16))
+    assert workers == 16
+    assert env(5)["NEURON_RT_VISIBLE_CORES"] == "5"
