@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}")
     for name, info in manifest["variants"].items():
         print(f"{name}: {json.dumps(info['parity'])}")
+    print(f"default variant: {manifest['default_variant']}")
+    if "default_variant_reason" in manifest:
+        print(f"  ({manifest['default_variant_reason']})")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Dynamic batch and sequence axes (ORT does not need static shapes; the buckets still bound what
 the service sends). int8 is the default variant only if it keeps >= 99% intent label agreement
-and duplicate decisions against the fp32 PyTorch reference; the manifest records the figures.
+and duplicate decisions against the fp32 PyTorch reference; otherwise the manifest says so, the
+fp32 ONNX graph becomes the default and the loader refuses int8 unless forced.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     )
 
 
+def choose_default(variants: dict[str, Any]) -> tuple[str, str]:
+    """int8 serves by default only when it met parity; else the fp32 fallback does.
+
+    The loader still refuses an explicit int8 request unless forced, and the manifest keeps
+    the figures that decided it.
+    """
+    if variants["int8"]["parity"]["passed"]:
+        return "int8", "int8 met the parity floor"
+    return "fp32", "int8 missed the parity floor; fp32 ONNX is the fallback (int8 only if forced)"
+
+
 def compile_cpu(
     trained_dir: Path, out_dir: Path, sample: ParitySample, *, threads: int | None = None
 ) -> dict[str, Any]:
@@ -91,6 +103,6 @@ def compile_cpu(
         }
     manifest = base_manifest(meta, "cpu", sample.source)
     manifest["variants"] = variants
-    manifest["default_variant"] = "int8"
+    manifest["default_variant"], manifest["default_variant_reason"] = choose_default(variants)
     manifest["hardware"] = {"requires": "x86-64 or arm64 CPU with onnxruntime"}
     return write_manifest(out_dir, manifest)

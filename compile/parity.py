@@ -18,6 +18,8 @@ from streamer.model.manifest import MIN_AGREEMENT
 from streamer.model.tasks import Task
 from streamer.model.tokenize import EncodedBatch, Encoder
 
+TIE_EPS = 1e-5
+
 # (input_ids, attention_mask, token_type_ids) int32 (B, L) -> (intent probs (B, K), dup (B, 1))
 Forward = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -64,7 +66,11 @@ def compare(
     ref_i, ref_d = reference
     cand_i, cand_d = candidate
     label_agree = float(np.mean(ref_i.argmax(-1) == cand_i.argmax(-1)))
-    decision_agree = float(np.mean((ref_d >= threshold) == (cand_d >= threshold)))
+    # A reference score on the threshold itself (float precision) has no stable decision: the
+    # threshold is a valid-split score, so the sample can hold the very pair that defines it.
+    ties = np.abs(ref_d - threshold) < TIE_EPS
+    same = ((ref_d >= threshold) == (cand_d >= threshold)) | ties
+    decision_agree = float(np.mean(same))
     return {
         "queries": len(ref_i),
         "pairs": len(ref_d),
@@ -72,6 +78,7 @@ def compare(
         "intent_label_agreement": label_agree,
         "duplicate_max_abs_diff": float(np.max(np.abs(ref_d - cand_d))),
         "duplicate_decision_agreement": decision_agree,
+        "duplicate_ties_at_threshold": int(ties.sum()),
         "min_agreement": min_agreement,
         "passed": bool(label_agree >= min_agreement and decision_agree >= min_agreement),
     }

@@ -37,13 +37,19 @@ def intent_metrics(
 
 
 def choose_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold maximizing F1 (decide duplicate when score >= threshold)."""
+    """The score threshold maximizing F1 (decide duplicate when score >= threshold).
+
+    Returned halfway between the best cut's score and the next lower score, so no valid
+    example sits exactly on the threshold (float noise would flip it).
+    """
     if y_true.min() == y_true.max():
         return 0.5
     precision, recall, thresholds = precision_recall_curve(y_true, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1[:-1]))
-    return float(thresholds[best])
+    if best == 0:
+        return float(thresholds[0])
+    return float((thresholds[best] + thresholds[best - 1]) / 2)
 
 
 def duplicate_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -63,3 +63,21 @@ def test_compiled_copy_keeps_the_trained_metadata(
     tiny_artifact: Path, tiny_cpu_artifact: Path
 ) -> None:
     assert read_meta(tiny_cpu_artifact) == read_meta(tiny_artifact)
+
+
+def test_compare_does_not_count_a_tie_on_the_threshold_as_a_flip() -> None:
+    ref = (np.eye(2, dtype=np.float32), np.array([[0.7], [0.2]], np.float32))
+    cand = (np.eye(2, dtype=np.float32), np.array([[0.6999999], [0.2]], np.float32))
+    result = compare(ref, cand, 0.7)
+    assert result["duplicate_decision_agreement"] == 1.0
+    assert result["duplicate_ties_at_threshold"] == 1
+
+
+def test_default_falls_back_to_fp32_when_int8_misses_parity() -> None:
+    from compile.cpu import choose_default
+
+    ok = {"int8": {"parity": {"passed": True}}, "fp32": {"parity": {"passed": True}}}
+    bad = {"int8": {"parity": {"passed": False}}, "fp32": {"parity": {"passed": True}}}
+    assert choose_default(ok)[0] == "int8"
+    name, reason = choose_default(bad)
+    assert name == "fp32" and "missed the parity floor" in reason

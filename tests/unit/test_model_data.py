@@ -57,3 +57,15 @@ def test_hash_split_is_stable_and_roughly_80_10_10() -> None:
     assert splits == [hash_split(f"query {i}") for i in range(2000)]
     assert 0.75 < splits.count("train") / 2000 < 0.85
     assert 0.07 < splits.count("test") / 2000 < 0.13
+
+
+def test_threshold_sits_between_scores_and_maximizes_f1() -> None:
+    import numpy as np
+
+    from streamer.model.metrics import choose_threshold
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.3, 0.6, 0.8, 0.5, 0.9])
+    t = choose_threshold(y, s)
+    assert 0.5 < t < 0.6
+    assert not np.isin(t, s)
