@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from streamer.model.artifact import ModelMeta
+from streamer.model.artifact import EVAL, MODEL_CARD, ModelMeta, read_meta
 from streamer.model.data import EXCLUDED_CLINC_INTENTS, HELP_CLINC_INTENTS, OTHER_CAP, PAIR_DATASETS
 
 # Published duplicate F1 on the same test splits (Ditto paper, Li et al. VLDB 2021, table 4).
@@ -17,6 +19,30 @@ ANCHORS = {
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def _vs_deepmatcher(dup_test: dict[str, Any]) -> str:
+    parts = []
+    for d in PAIR_DATASETS:
+        ours, theirs = 100 * dup_test[d]["f1"], ANCHORS[d]["DeepMatcher"]
+        parts.append(f"{d} {ours:.1f} vs {theirs} ({'above' if ours > theirs else 'BELOW'})")
+    return "; ".join(parts)
+
+
+def _training_chain(training: dict[str, Any]) -> str:
+    args = training.get("args", {})
+    init_from = args.get("init_from", "None")
+    if init_from in ("None", None):
+        return "Fine-tuned from the pretrained MiniLM backbone in one run."
+    previous = Path(init_from) / EVAL
+    prev_seconds = "?"
+    if previous.exists():
+        prev = json.loads(previous.read_text()).get("training", {})
+        prev_seconds = prev.get("cumulative_train_seconds", prev.get("train_seconds", "?"))
+    return (
+        f"Continued from `{init_from}` (its own card describes that run; it trained for "
+        f"{prev_seconds} s), so the weights carry both runs."
+    )
 
 
 def render_model_card(meta: ModelMeta, metrics: dict[str, Any], backbone: str) -> str:
@@ -77,7 +103,9 @@ Intent (n={it["n"]}): accuracy {_pct(it["accuracy"])}, macro-F1 {_pct(it["macro_
 |---|---|---|---|---|
 {chr(10).join(label_rows)}
 
-Duplicates (F1/precision/recall in %, threshold {meta.duplicate_threshold:.4f} from valid):
+Duplicates (F1/precision/recall in %, threshold {meta.duplicate_threshold:.4f} from valid).
+Against DeepMatcher's published test F1: {_vs_deepmatcher(dup["test"])}. Ditto (RoBERTa-base,
+about 5x our parameters, many epochs on a GPU) stays well ahead on every dataset.
 
 | dataset | n | F1 | precision | recall | ROC-AUC | published F1 |
 |---|---|---|---|---|---|---|
@@ -94,7 +122,8 @@ longest-first, so the description is cut before the titles).
 
 ## Training
 
-{training.get("train_seconds", "?")} s of training on {training.get("threads", "?")} CPU threads
+{_training_chain(training)}
+{training.get("train_seconds", "?")} s of training in this run on {training.get("threads", "?")} CPU threads
 (shared machine), {training.get("batches_done", "?")} of {training.get("batches_planned", "?")}
 planned batches (the run stops at its time budget; the LR schedule follows time or steps,
 whichever is further); embeddings and the lowest layers frozen.
@@ -109,3 +138,14 @@ Options: `{training.get("args", {})}`.
   (fashion, grocery) are out of distribution. The threshold is global, not per category.
 - English only; lower-cased (uncased vocabulary).
 """
+
+
+def rewrite_model_card(artifact_dir: Path) -> Path:
+    """Re-render MODEL_CARD.md of a trained artifact from its eval.json (after a card change)."""
+    from streamer.model.network import BACKBONE_NAME
+
+    artifact_dir = Path(artifact_dir)
+    metrics = json.loads((artifact_dir / EVAL).read_text())
+    card = render_model_card(read_meta(artifact_dir), metrics, BACKBONE_NAME)
+    (artifact_dir / MODEL_CARD).write_text(card)
+    return artifact_dir / MODEL_CARD

@@ -289,8 +289,13 @@ def train(args: argparse.Namespace) -> Path:
         buckets=dict(DEFAULT_BUCKETS),
         backbone=model.config.to_diff_dict() | {"model_type": "bert"},
     )
+    previous_seconds = 0.0
+    if args.init_from is not None and (args.init_from / "eval.json").exists():
+        prev = json.loads((args.init_from / "eval.json").read_text()).get("training", {})
+        previous_seconds = float(prev.get("cumulative_train_seconds", prev.get("train_seconds", 0)))
     metrics["training"] = {
         "train_seconds": round(train_seconds, 1),
+        "cumulative_train_seconds": round(previous_seconds + train_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
         "batches_planned": total,
         "batches_done": done,
