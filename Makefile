@@ -64,8 +64,11 @@ model: venv ## Train the multi-task model on ../shared/data into artifacts/
 	$(PY) -m streamer.model.train
 
 .PHONY: compile-cpu
-compile-cpu: venv ## Compile the newest trained artifact for the cpu target (ONNX Runtime int8)
-	$(PY) -m compile --target cpu --artifact $$(ls -d artifacts/*/ | grep -v -- '-cpu' | tail -n1)
+compile-cpu: venv ## Compile the newest trained artifact (artifacts/*/eval.json) for the cpu target
+	@art=$$(for d in $$(ls -td artifacts/*/ 2>/dev/null); do \
+		if [ -f $$d/eval.json ] && [ ! -f $$d/manifest.json ]; then echo $$d; break; fi; done); \
+	test -n "$$art" || { echo "no trained artifact under artifacts/: run make model" >&2; exit 1; }; \
+	echo "compiling $$art"; $(PY) -m compile --target cpu --artifact $$art
 
 .PHONY: demo
 demo: venv ## Kafka up, model, topics, the service on both paths under load, summary table
