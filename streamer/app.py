@@ -115,7 +115,21 @@ def build_service(settings: Settings) -> Service:
             env_per_worker=env,
         )
     policies = batch_policies(info.target, settings, buckets)
+    settings = settings.model_copy(update=target_rates(info.target, settings))
     return Service(settings, handlers, executor, policies)
+
+
+def target_rates(target: str, settings: Settings) -> dict[str, float]:
+    """Expected peak rates per path (Little's-law in-flight sizing) unless set explicitly.
+
+    cpu: what a 2-core machine sustains near its knee (BENCHMARKS.md); accelerators: the
+    published figures (16,000 intents/s, 8,800 pairs/s per inf1.6xlarge).
+    """
+    cpu = target == "cpu"
+    return {
+        "intent_target_tps": settings.intent_target_tps or (400.0 if cpu else 16_000.0),
+        "duplicate_target_tps": settings.duplicate_target_tps or (60.0 if cpu else 8_800.0),
+    }
 
 
 def batch_policies(

@@ -42,6 +42,9 @@ from streamer.records.types import DeadLetter, QueryEvent
 log = logging.getLogger("streamer.service")
 
 SERVICE_NAME = "streamer"
+# Expected peak rates when settings leave them unset and the composition root did not resolve
+# them per target (the published accelerator figures, DESIGN.md section 1).
+DEFAULT_TARGET_TPS = {"intent": 16_000.0, "duplicate": 8_800.0}
 PRODUCE_RETRY_BACKOFF_S = 0.2
 
 
@@ -101,11 +104,15 @@ class Service:
                 settings.intent_target_tps
                 if handler.name == "intent"
                 else settings.duplicate_target_tps
-            )
+            ) or DEFAULT_TARGET_TPS[handler.name]
             linger = LingerController(p99_s, max_linger_s=policy.max_linger_s)
-            # Little's law bounds the useful in-flight; never below what keeps every worker
-            # slot busy with a full batch, or the device idles while Kafka holds the load.
-            high = max(inflight_limit(tps, p99_s), 2 * policy.max_batch * max(1, executor.capacity))
+            # Little's law sizes in-flight for the expected rate, with half the budget left for
+            # fetch, produce and variance; never below what keeps every worker slot busy with a
+            # full batch, or the device idles while Kafka holds the load.
+            high = max(
+                inflight_limit(tps, p99_s * 0.5),
+                2 * policy.max_batch * max(1, executor.capacity),
+            )
             self.paths[handler.name] = PathRuntime(
                 handler=handler,
                 batcher=MicroBatcher(policy, linger=linger.linger),
