@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.app import batch_policies
+from streamer.app import batch_policies, target_rates
 from streamer.config import load_settings
 from streamer.model.artifact import read_manifest
 from streamer.model.runner import RunnerManifest
@@ -51,6 +51,7 @@ async def test_slow_worker_keeps_inflight_and_memory_bounded(
         topic_duplicates=topics.duplicates,
         topic_dlq=topics.dlq,
     )
+    settings = settings.model_copy(update=target_rates("cpu", settings))
     manifest = RunnerManifest.from_manifest(read_manifest(tiny_cpu_artifact), "fp32")
     model = ModelInfo(
         manifest.name, manifest.version, manifest.labels, manifest.duplicate_threshold
