@@ -122,13 +122,15 @@ def build_service(settings: Settings) -> Service:
 def target_rates(target: str, settings: Settings) -> dict[str, float]:
     """Expected peak rates per path (Little's-law in-flight sizing) unless set explicitly.
 
-    cpu: what a 2-core machine sustains near its knee (BENCHMARKS.md); accelerators: the
-    published figures (16,000 intents/s, 8,800 pairs/s per inf1.6xlarge).
+    cpu intents: what a 2-core machine sustains near its knee (BENCHMARKS.md). cpu pairs are
+    sized for throughput, not their ~60/s knee: each pause/resume cycle of the consumer idles
+    the worker, and a bound of 32 pairs gave 40 pairs/s where 200 gave 61/s at 62.5 offered
+    (BENCHMARKS.md). Accelerators: the published 16,000 intents/s and 8,800 pairs/s.
     """
     cpu = target == "cpu"
     return {
         "intent_target_tps": settings.intent_target_tps or (400.0 if cpu else 16_000.0),
-        "duplicate_target_tps": settings.duplicate_target_tps or (60.0 if cpu else 8_800.0),
+        "duplicate_target_tps": settings.duplicate_target_tps or (400.0 if cpu else 8_800.0),
     }
 
 

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     duplicate_max_linger_ms: float = Field(50.0, ge=0, le=10_000)
     duplicate_p99_target_ms: float = Field(1_000.0, gt=0, le=600_000)
     duplicate_target_tps: float | None = Field(
-        None, gt=0, description="Expected pair rate; default per target: cpu 60, else 8,800."
+        None, gt=0, description="Expected pair rate; default per target: cpu 400, else 8,800."
     )
 
     max_query_chars: int = Field(512, ge=1)

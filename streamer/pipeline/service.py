@@ -620,6 +620,7 @@ class Service:
 
     # ----------------------------------------------------------------- backpressure
     def _apply_backpressure(self) -> None:
+        """Pause above the high mark, resume below the low one; never linger while paused."""
         if self._consumer is None:
             return
         for rt in self.paths.values():
@@ -633,6 +634,11 @@ class Service:
             elif action is Action.RESUME:
                 self._consumer.resume(*rt.paused)
                 rt.paused.clear()
+            if rt.backpressure.paused and len(rt.batcher):
+                # No record can arrive until work completes: lingering only idles the workers.
+                batch = rt.batcher.flush(time.monotonic())
+                if batch is not None:
+                    self._dispatch(rt, batch)
             self.metrics.paused_partitions.labels(rt.handler.name).set(len(rt.paused))
             self.metrics.inflight.labels(rt.handler.name).set(rt.backpressure.inflight)
 
