@@ -107,25 +107,35 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
         {
             "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
             "STREAMER_ARTIFACT": str(artifact),
-            "STREAMER_GROUP_ID": f"demo-{tag}",
-            "STREAMER_METRICS_PORT": str(args.metrics_port),
             **{f"STREAMER_TOPIC_{k.upper()}": v for k, v in topics.items()},
         }
     )
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamer-demo-{tag}.log"
-    with log_path.open("wb") as log:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "run"], env=env, stdout=log, stderr=log
-        )
+    # One service process per path, as deployed: on a CPU a pair batch runs 100+ ms and in a
+    # shared worker it would sit in front of the intent batches (latency-first path).
+    services: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
+    for offset, path in enumerate(("intent", "duplicate")):
+        port = args.metrics_port + offset
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamer-demo-{tag}-{path}.log"
+        path_env = env | {
+            "STREAMER_PATHS": path,
+            "STREAMER_GROUP_ID": f"demo-{tag}-{path}",
+            "STREAMER_METRICS_PORT": str(port),
+        }
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamer", "run"], env=path_env, stdout=log, stderr=log
+            )
+        services[path] = (proc, port, log_path)
     try:
-        if not _wait_ready(args.metrics_port, service, 120):
-            console.print(f"[red]service did not become ready; log: {log_path}[/red]")
-            console.print(log_path.read_text()[-3000:])
-            return 1
-        console.print(
-            f"service up (artifact {artifact.name}); metrics: "
-            f"http://127.0.0.1:{args.metrics_port}/metrics  log: {log_path}"
-        )
+        for path, (proc, port, log_path) in services.items():
+            if not _wait_ready(port, proc, 120):
+                console.print(f"[red]{path} service did not become ready; log: {log_path}[/red]")
+                console.print(log_path.read_text()[-3000:])
+                return 1
+            console.print(
+                f"{path} service up (artifact {artifact.name}); metrics: "
+                f"http://127.0.0.1:{port}/metrics  log: {log_path}"
+            )
         sinks = {
             "intent": Sink(bootstrap, topics["intents"]),
             "duplicate": Sink(bootstrap, topics["duplicates"]),
@@ -180,12 +190,13 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             await sink.stop()
         return 0
     finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            code = service.wait(timeout=40)
-            print(f"service drained and exited with code {code}")
-        except subprocess.TimeoutExpired:
-            service.kill()
+        for proc, _, _ in services.values():
+            proc.send_signal(signal.SIGTERM)
+        for path, (proc, _, _) in services.items():
+            try:
+                print(f"{path} service drained and exited with code {proc.wait(timeout=40)}")
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
@@ -210,7 +221,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair-rate", type=float, default=20.0, help="product pairs per second")
     parser.add_argument("--bad-fraction", type=float, default=0.01)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--metrics-port", type=int, default=9102)
+    parser.add_argument(
+        "--metrics-port", type=int, default=9102, help="intent service; duplicates use the next"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
