@@ -486,7 +486,6 @@ class Service:
 
     async def _publish(self, rt: PathRuntime, rows: Sequence[Row], values: list[bytes]) -> None:
         """Send results, wait for every ack, then mark their offsets done."""
-        assert self._producer is not None
         name = rt.handler.name
         topic = rt.handler.result_topic
         headers = [
@@ -494,26 +493,12 @@ class Service:
             ("model_version", rt.handler.model.version.encode()),
         ]
         t0 = time.monotonic()
-        pending = list(range(len(rows)))
-        while pending:
-            futures = []
-            for i in pending:
-                key = rows[i].event.event_id.encode()
-                futures.append(
-                    await self._producer.send(topic, values[i], key=key, headers=headers)
-                )
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [i for i, o in zip(pending, outcomes, strict=True) if isinstance(o, Exception)]
-            if failed:
-                self.metrics.produce_errors.inc(len(failed))
-                log.warning(
-                    "produce failed; retrying",
-                    extra={"event": "produce_retry", "path": name, "records": len(failed)},
-                )
-                if self._stopping.is_set() and self._force_requested():
-                    return
-                await asyncio.sleep(PRODUCE_RETRY_BACKOFF_S)
-            pending = failed
+        records = [
+            (row.event.event_id.encode(), value, headers)
+            for row, value in zip(rows, values, strict=True)
+        ]
+        if not await self._send_until_acked(topic, records, name):
+            return
         ack = time.monotonic()
         produce_s = ack - t0
         rt.linger.observe("produce", produce_s)
@@ -524,6 +509,49 @@ class Service:
             e2e.observe(max(0.0, now_wall - row.source_ts_ms / 1000.0))
             self._done(rt, row.tp, row.offset, row.generation)
         self.metrics.results_out.labels(name).inc(len(rows))
+
+    async def _send_until_acked(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes, Any]], path: str
+    ) -> bool:
+        """Send (key, value, headers) records, resending failures until every one is acked.
+
+        A send that raises (buffer full, metadata timeout while the broker is away) and a
+        future that fails are retried alike: nothing counts as done before the broker has it.
+        Returns False only when a forced exit abandons the retry (the rows stay uncommitted).
+        """
+        assert self._producer is not None
+        pending = list(range(len(records)))
+        while pending:
+            failed: list[int] = []
+            sent: list[tuple[int, Any]] = []
+            for i in pending:
+                key, value, headers = records[i]
+                try:
+                    sent.append(
+                        (i, await self._producer.send(topic, value, key=key, headers=headers))
+                    )
+                except KafkaError:
+                    failed.append(i)
+            outcomes = await asyncio.gather(*(fut for _, fut in sent), return_exceptions=True)
+            failed += [
+                i for (i, _), out in zip(sent, outcomes, strict=True) if isinstance(out, Exception)
+            ]
+            if failed:
+                self.metrics.produce_errors.inc(len(failed))
+                log.warning(
+                    "produce failed; retrying",
+                    extra={
+                        "event": "produce_retry",
+                        "path": path,
+                        "topic": topic,
+                        "records": len(failed),
+                    },
+                )
+                if self._force_requested():
+                    return False
+                await asyncio.sleep(PRODUCE_RETRY_BACKOFF_S)
+            pending = sorted(failed)
+        return True
 
     def _force_requested(self) -> bool:
         return self._signals >= 2
@@ -604,19 +632,11 @@ class Service:
         key: bytes | None,
         letter: DeadLetter,
     ) -> None:
-        assert self._producer is not None
         value = codec.encode_dead_letter(letter)
-        while True:
-            try:
-                fut = await self._producer.send(self.settings.topic_dlq, value, key=key)
-                await fut
-                break
-            except KafkaError:
-                self.metrics.produce_errors.inc()
-                if self._force_requested():
-                    return
-                await asyncio.sleep(PRODUCE_RETRY_BACKOFF_S)
-        self._done(rt, tp, offset, generation)
+        if await self._send_until_acked(
+            self.settings.topic_dlq, [(key, value, None)], rt.handler.name
+        ):
+            self._done(rt, tp, offset, generation)
 
     # ----------------------------------------------------------------- backpressure
     def _apply_backpressure(self) -> None:
