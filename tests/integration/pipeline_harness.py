@@ -22,8 +22,8 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streamer.kafka.topics import ensure_topics
 from streamer.records.types import DEAD_LETTER_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,23 +60,8 @@ async def create_topics(bootstrap: str, partitions: int = 4) -> Topics:
         duplicates=f"t-dups-{suffix}",
         dlq=f"t-dlq-{suffix}",
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(name, num_partitions=partitions, replication_factor=1)
-                for name in (
-                    topics.queries,
-                    topics.pairs,
-                    topics.intents,
-                    topics.duplicates,
-                    topics.dlq,
-                )
-            ]
-        )
-    finally:
-        await admin.close()
+    names = (topics.queries, topics.pairs, topics.intents, topics.duplicates, topics.dlq)
+    await ensure_topics(bootstrap, dict.fromkeys(names, partitions))
     return topics
 
 
