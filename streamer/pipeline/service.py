@@ -210,10 +210,15 @@ class Service:
             log.info("draining", extra={"event": "signal", "signal": int(sig)})
             self.request_stop()
         else:
+            # Forced: abandon in-flight work (uncommitted, so the next owner redoes it) and
+            # go straight to shutdown, which still closes the workers and their segments.
             log.warning("forced exit", extra={"event": "signal", "signal": int(sig)})
-            self._force = True
+            self.request_stop()
             for task in self._background:
                 task.cancel()
+            for rt in self.paths.values():
+                for task in rt.inflight_tasks:
+                    task.cancel()
 
     def request_stop(self) -> None:
         """Stop fetching and drain (idempotent)."""
@@ -222,7 +227,6 @@ class Service:
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code (0 after a clean drain)."""
-        self._force = False
         self._background = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
             asyncio.create_task(self._linger_ticker(), name="linger"),
@@ -253,7 +257,7 @@ class Service:
         drained = True
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-            drained = not pending
+            drained = not pending and self._signals < 2
             for task in pending:
                 task.cancel()
         with contextlib.suppress(Exception):
