@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -298,3 +299,49 @@ def assert_dead_letter_shape(letter: dict) -> None:
     assert letter["error_code"] and letter["reason"]
     assert isinstance(letter["source_offset"], int)
     assert isinstance(letter["source_partition"], int)
+
+
+def fake_runner_service(
+    bootstrap: str, artifact: Path, topics: Topics, *, sleep_s: float, **overrides: object
+) -> Any:
+    """An in-process Service on the intent path whose worker runs a fake runner sleeping
+    `sleep_s` per batch: real Kafka, real worker process, state inspectable by the test."""
+    from streamer.app import batch_policies, target_rates
+    from streamer.config import load_settings
+    from streamer.model.artifact import read_manifest
+    from streamer.model.runner import RunnerManifest
+    from streamer.model.tokenize import Encoder
+    from streamer.pipeline.executor import MultiprocExecutor, RunnerSpec
+    from streamer.pipeline.paths import ModelInfo, make_handlers
+    from streamer.pipeline.service import Service
+
+    settings = load_settings(
+        bootstrap_servers=bootstrap, paths="intent", metrics_port=0,
+        topic_queries=topics.queries, topic_pairs=topics.pairs, topic_intents=topics.intents,
+        topic_duplicates=topics.duplicates, topic_dlq=topics.dlq, **overrides,
+    )  # fmt: skip
+    settings = settings.model_copy(update=target_rates("cpu", settings))
+    manifest = RunnerManifest.from_manifest(read_manifest(artifact), "fp32")
+    n_labels = len(manifest.labels)
+    executor = MultiprocExecutor(
+        RunnerSpec(
+            "tests.fakes:make_fake_runner",
+            {"n_outputs": n_labels, "sleep_s": sleep_s, "zero": True},
+        ),
+        workers=1,
+        threads_per_worker=1,
+        slots_per_worker=2,
+        max_batch=max(b.max_batch for b in manifest.buckets.values()),
+        max_seq_len=max(b.max_seq_len for b in manifest.buckets.values()),
+        max_outputs=n_labels,
+        heartbeat_timeout_s=max(10.0, 4 * sleep_s),
+    )
+    model = ModelInfo(
+        manifest.name, manifest.version, manifest.labels, manifest.duplicate_threshold
+    )
+    return Service(
+        settings,
+        make_handlers(settings, model, Encoder.from_artifact(artifact)),
+        executor,
+        batch_policies("cpu", settings, manifest.buckets),
+    )

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from streamer.app import batch_policies, target_rates
-from streamer.config import load_settings
-from streamer.model.artifact import read_manifest
-from streamer.model.runner import RunnerManifest
-from streamer.model.tokenize import Encoder
-from streamer.pipeline.executor import MultiprocExecutor, RunnerSpec
-from streamer.pipeline.paths import ModelInfo, make_handlers
-from streamer.pipeline.service import Service
-from tests.integration.pipeline_harness import QUERIES, collect, create_topics, produce, query_event
+from tests.integration.pipeline_harness import (
+    QUERIES,
+    collect,
+    create_topics,
+    fake_runner_service,
+    produce,
+    query_event,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -40,39 +39,8 @@ async def test_slow_worker_keeps_inflight_and_memory_bounded(
 ) -> None:
     """A worker 10x slower than the offered load: partitions pause, nothing grows, none lost."""
     topics = await create_topics(kafka_bootstrap, partitions=2)
-    settings = load_settings(
-        bootstrap_servers=kafka_bootstrap,
-        paths="intent",
-        group_id="bp-test",
-        metrics_port=0,
-        topic_queries=topics.queries,
-        topic_pairs=topics.pairs,
-        topic_intents=topics.intents,
-        topic_duplicates=topics.duplicates,
-        topic_dlq=topics.dlq,
-    )
-    settings = settings.model_copy(update=target_rates("cpu", settings))
-    manifest = RunnerManifest.from_manifest(read_manifest(tiny_cpu_artifact), "fp32")
-    model = ModelInfo(
-        manifest.name, manifest.version, manifest.labels, manifest.duplicate_threshold
-    )
-    executor = MultiprocExecutor(
-        RunnerSpec(
-            "tests.fakes:make_fake_runner",
-            {"n_outputs": len(manifest.labels), "sleep_s": SLEEP_PER_BATCH_S, "zero": True},
-        ),
-        workers=1,
-        threads_per_worker=1,
-        slots_per_worker=2,
-        max_batch=max(b.max_batch for b in manifest.buckets.values()),
-        max_seq_len=max(b.max_seq_len for b in manifest.buckets.values()),
-        max_outputs=len(manifest.labels),
-    )
-    service = Service(
-        settings,
-        make_handlers(settings, model, Encoder.from_artifact(tiny_cpu_artifact)),
-        executor,
-        batch_policies("cpu", settings, manifest.buckets),
+    service = fake_runner_service(
+        kafka_bootstrap, tiny_cpu_artifact, topics, sleep_s=SLEEP_PER_BATCH_S, group_id="bp-test"
     )
     await service.start()
     running = asyncio.create_task(service.run())
