@@ -200,16 +200,13 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    import urllib.request
+    """Poll the service's /readyz until it answers 200, it exits, or the timeout passes."""
+    from streamer.bench.stages import ready
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
+        if ready(port):
+            return True
         time.sleep(0.3)
     return False
 

@@ -32,6 +32,7 @@ from streamer.bench.loadgen import Arrival, new_run_tag, run_load, schedule
 from streamer.bench.sink import LatencyRecorder, Sink
 from streamer.bench.stages import ready as http_ready
 from streamer.bench.stages import scrape, stage_deltas
+from streamer.kafka.local_broker import free_port
 
 KAFKA_CONTENDERS = ("streamer", "naive", "peer")
 ALL_CONTENDERS = ("model-only", *KAFKA_CONTENDERS)
@@ -167,15 +168,6 @@ class Topics:
     def all(self) -> list[str]:
         """Every topic to create (the service wants all five even when serving one path)."""
         return [self.source, self.results, self.dlq, self.other_source, self.other_results]
-
-
-def free_port() -> int:
-    """A free local TCP port for the streamer's metrics endpoint."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def contender_command(

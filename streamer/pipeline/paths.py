@@ -49,7 +49,7 @@ class EncoderLike(Protocol):
 
     def encode_queries(self, texts: list[str]) -> Any: ...
 
-    def encode_pairs(self, lefts: list[str], rights: list[str]) -> Any: ...
+    def encode_products(self, lefts: list[Any], rights: list[Any]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,11 @@ class DuplicateHandler(PathHandler):
         return codec.decode_pair(raw)
 
     def tokenize(self, events: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-        from streamer.model.serialize import serialize_product
-
-        lefts = [serialize_product(product_fields(e.left)) for e in events]
-        rights = [serialize_product(product_fields(e.right)) for e in events]
-        return _rows_from_encoding(self.encoder.encode_pairs(lefts, rights))
+        return _rows_from_encoding(
+            self.encoder.encode_products(
+                [product_fields(e.left) for e in events], [product_fields(e.right) for e in events]
+            )
+        )
 
     def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes | EncodeError]:
         threshold = self.model.duplicate_threshold

@@ -250,9 +250,7 @@ class Service:
         deadline = time.monotonic() + timeout_s
         now = time.monotonic()
         for rt in self.paths.values():
-            batch = rt.batcher.flush(now)
-            if batch is not None:
-                self._dispatch(rt, batch)
+            self._flush(rt, now)
         tasks = [t for rt in self.paths.values() for t in rt.inflight_tasks]
         drained = True
         if tasks:
@@ -302,9 +300,7 @@ class Service:
         deadline = time.monotonic() + min(self.settings.drain_timeout_s, 5.0)
         now = time.monotonic()
         for rt in self.paths.values():
-            batch = rt.batcher.flush(now)
-            if batch is not None:
-                self._dispatch(rt, batch)
+            self._flush(rt, now)
         while time.monotonic() < deadline and any(
             self.watermark.pending(tp) for tp in revoked if tp in self.watermark.partitions()
         ):
@@ -421,6 +417,12 @@ class Service:
                 self.metrics.linger_seconds.labels(rt.handler.name).set(rt.linger.linger())
 
     # ----------------------------------------------------------------- dispatch
+    def _flush(self, rt: PathRuntime, now: float) -> None:
+        """Dispatch the path's open batch now, whatever its linger (drain, revoke, paused)."""
+        batch = rt.batcher.flush(now)
+        if batch is not None:
+            self._dispatch(rt, batch)
+
     def _dispatch(self, rt: PathRuntime, batch: Batch[Row]) -> None:
         task = asyncio.create_task(self._process(rt, batch))
         rt.inflight_tasks.add(task)
@@ -658,11 +660,9 @@ class Service:
             elif action is Action.RESUME:
                 self._consumer.resume(*rt.paused)
                 rt.paused.clear()
-            if rt.backpressure.paused and len(rt.batcher):
+            if rt.backpressure.paused:
                 # No record can arrive until work completes: lingering only idles the workers.
-                batch = rt.batcher.flush(time.monotonic())
-                if batch is not None:
-                    self._dispatch(rt, batch)
+                self._flush(rt, time.monotonic())
             self.metrics.paused_partitions.labels(rt.handler.name).set(len(rt.paused))
             self.metrics.inflight.labels(rt.handler.name).set(rt.backpressure.inflight)
 

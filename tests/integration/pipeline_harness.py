@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streamer.kafka.local_broker import free_port
 from streamer.kafka.topics import ensure_topics
 from streamer.records.types import DEAD_LETTER_SCHEMA
 
@@ -64,13 +64,6 @@ async def create_topics(bootstrap: str, partitions: int = 4) -> Topics:
     names = (topics.queries, topics.pairs, topics.intents, topics.duplicates, topics.dlq)
     await ensure_topics(bootstrap, dict.fromkeys(names, partitions))
     return topics
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
