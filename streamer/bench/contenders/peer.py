@@ -48,7 +48,7 @@ def build_app(a: argparse.Namespace, job: ModelJob) -> Any:
         key_serializer="raw",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        producer_linger_ms=1,
+        producer_linger_ms=0,  # as the service and naive: no added wait per result
         producer_acks=-1,
         broker_commit_every=1000,
         broker_commit_interval=0.2,
