@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         description="Rows per intent batch; default per target (cpu 4, else 32).",
     )
     intent_max_linger_ms: float = Field(2.0, ge=0, le=1000)
+    dispatch_when_idle: bool = Field(
+        True,
+        description="A free worker takes the open batch at once instead of waiting out the "
+        "linger (batches still grow while workers are busy). Off: batches close only by "
+        "size, token budget or linger.",
+    )
     intent_target_tps: float | None = Field(
         None,
         gt=0,

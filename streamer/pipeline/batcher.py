@@ -16,6 +16,9 @@ A batch closes when
 - ``linger``: ``poll(now)`` at or after ``deadline()``; the deadline is fixed when the
   batch opens, from the linger callable (the adaptive controller) clamped to
   ``[0, max_linger_s]``;
+- ``idle``: the caller saw a device with nothing to run (``flush(now, "idle")``): waiting
+  for more rows would only leave it idle, while rows that arrive during the run form the
+  next batch, so batches grow with the load by themselves (work-conserving dispatch);
 - ``flush``: the caller drains (shutdown, rebalance).
 
 ``add()`` never closes a batch for linger: a burst of records handed over at one instant
@@ -185,7 +188,7 @@ class Batch(Generic[T]):
     padded_rows: int  # compiled batch bucket (>= len(items))
     opened_at: float
     closed_at: float
-    reason: str  # "size" | "tokens" | "linger" | "flush"
+    reason: str  # "size" | "tokens" | "linger" | "idle" | "flush"
 
     @property
     def rows(self) -> int:
@@ -278,9 +281,9 @@ class MicroBatcher(Generic[T]):
         """When poll() will next close a batch (opened_at + linger); None if empty."""
         return None if self._open is None else self._open.deadline
 
-    def flush(self, now: float) -> Batch[T] | None:
-        """Close the open batch regardless of its deadline (shutdown, rebalance)."""
-        return None if self._open is None else self._close("flush", now)
+    def flush(self, now: float, reason: str = "flush") -> Batch[T] | None:
+        """Close the open batch regardless of its deadline (shutdown, rebalance, idle device)."""
+        return None if self._open is None else self._close(reason, now)
 
     def __len__(self) -> int:
         """Rows waiting in the open batch."""

@@ -89,6 +89,11 @@ class Executor(Protocol):
         """Batches that can be in flight at once."""
         ...
 
+    @property
+    def parallelism(self) -> int:
+        """Batches that actually run at the same time (one per worker); the rest queue."""
+        ...
+
 
 def check_batch(
     input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
@@ -134,6 +139,11 @@ class InProcessExecutor:
     @property
     def capacity(self) -> int:
         """One batch at a time (one runner thread)."""
+        return 1
+
+    @property
+    def parallelism(self) -> int:
+        """One runner thread."""
         return 1
 
     async def start(self) -> None:
@@ -288,6 +298,11 @@ class MultiprocExecutor:
     def capacity(self) -> int:
         """Batches in flight at once: workers x slots per worker."""
         return self.workers * self.geometry.n_slots
+
+    @property
+    def parallelism(self) -> int:
+        """One running batch per worker; the other slots are its queue."""
+        return self.workers
 
     @property
     def restarts(self) -> int:

@@ -49,6 +49,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batches = Counter(
+            "streamer_batches_total",
+            "Batches dispatched, by why they closed: size, tokens, linger, idle (a worker was "
+            "free), flush (drain, rebalance, paused).",
+            ["path", "reason"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "streamer_batch_rows",
             "Real rows per batch.",

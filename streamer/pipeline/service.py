@@ -130,6 +130,7 @@ class Service:
         self._ready = False
         self._signals = 0
         self._exit_code = 0
+        self._running_batches = 0  # dispatched batches whose first model call has not returned
         self._background: list[asyncio.Task[None]] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -332,6 +333,7 @@ class Service:
                 rt = self._by_topic.get(tp.topic)
                 if rt is not None and messages:
                     self._ingest(rt, tp, messages, now)
+            self._dispatch_if_idle()
             self._apply_backpressure()
             self._wake_ticker.set()
 
@@ -423,7 +425,28 @@ class Service:
         if batch is not None:
             self._dispatch(rt, batch)
 
+    def _dispatch_if_idle(self) -> None:
+        """Work-conserving dispatch: a worker with nothing to run takes the open batch now.
+
+        Lingering pays off only while the device is busy (rows gather during the run and go
+        as one batch); with a worker idle it is pure added latency. Called after every fetch
+        and whenever a batch's model call returns, so under load batches grow by themselves
+        and at a trickle each row goes at once. Linger still bounds the wait in between.
+        """
+        if not self.settings.dispatch_when_idle:
+            return
+        parallelism = max(1, self.executor.parallelism)
+        now = time.monotonic()
+        for rt in self.paths.values():
+            if self._running_batches >= parallelism:
+                return
+            batch = rt.batcher.flush(now, reason="idle")
+            if batch is not None:
+                self._dispatch(rt, batch)
+
     def _dispatch(self, rt: PathRuntime, batch: Batch[Row]) -> None:
+        self._running_batches += 1
+        self.metrics.batches.labels(rt.handler.name, batch.reason).inc()
         task = asyncio.create_task(self._process(rt, batch))
         rt.inflight_tasks.add(task)
         task.add_done_callback(rt.inflight_tasks.discard)
@@ -441,18 +464,22 @@ class Service:
         real = sum(min(r.n_tokens, batch.seq_len) for r in rows)
         self.metrics.batch_fill.labels(name).observe(real / (batch.seq_len * batch.padded_rows))
         try:
-            await self._infer_and_publish(rt, rows, batch.padded_rows, batch.seq_len)
+            await self._infer_and_publish(rt, rows, batch.padded_rows, batch.seq_len, top=True)
         except Exception:  # pragma: no cover - last line of defence; logged, rows stay pending
             log.exception("batch failed", extra={"event": "batch_failed", "path": name})
 
     async def _infer_and_publish(
-        self, rt: PathRuntime, rows: list[Row], padded_rows: int, seq_len: int
+        self, rt: PathRuntime, rows: list[Row], padded_rows: int, seq_len: int, top: bool = False
     ) -> None:
-        """Infer rows; on failure split the batch so one bad row cannot fail the others."""
+        """Infer rows; on failure split the batch so one bad row cannot fail the others.
+
+        ``top`` marks the batch's first model call: when it returns, the batch no longer
+        occupies a worker (bisection retries of a failed batch are not counted).
+        """
         name = rt.handler.name
-        ids, mask, types = pack_batch(rows, padded_rows, seq_len)
         t0 = time.monotonic()
         try:
+            ids, mask, types = pack_batch(rows, padded_rows, seq_len)
             scores = await self.executor.submit(rt.handler.task, ids, mask, types)
         except (ExecutorBrokenError, ExecutorClosedError) as exc:
             # Not this batch's fault: leave its rows uncommitted (the next owner redoes them)
@@ -475,6 +502,11 @@ class Service:
             for part in (rows[:half], rows[half:]):
                 await self._infer_and_publish(rt, part, len(part), seq_len)
             return
+        finally:
+            if top:
+                self._running_batches -= 1
+                if not self._stopping.is_set():
+                    self._dispatch_if_idle()
         model_s = time.monotonic() - t0
         rt.linger.observe("model", model_s)
         self.metrics.stage_latency.labels(name, "model").observe(model_s)

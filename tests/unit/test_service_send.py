@@ -13,6 +13,7 @@ from streamer.pipeline.service import Service
 
 class _Executor:
     capacity = 1
+    parallelism = 1
     restarts = 0
 
 

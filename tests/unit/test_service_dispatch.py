@@ -1,0 +1,151 @@
+"""Work-conserving dispatch: an idle worker takes the open batch at once; a busy one lets it grow.
+
+No Kafka here: the service's ingest and dispatch run against a gated fake executor, a fake
+encoder and a producer that acknowledges at once, so the test controls when a batch's model
+call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamer.config import load_settings
+from streamer.pipeline.batcher import intent_policy
+from streamer.pipeline.paths import ModelInfo, make_handlers
+from streamer.pipeline.service import Service
+
+
+class _GatedExecutor:
+    """One worker; each submit waits until the test opens the gate."""
+
+    capacity = 2
+    parallelism = 1
+    restarts = 0
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []  # real rows per submitted batch (fillers have 2 tokens)
+        self.gate = asyncio.Event()
+
+    async def submit(self, task: Any, ids: np.ndarray, mask: np.ndarray, types: Any) -> Any:
+        self.calls.append(int((mask.sum(axis=1) > 2).sum()))
+        await self.gate.wait()
+        scores = np.zeros((ids.shape[0], 2), dtype=np.float32)
+        scores[:, 0] = 1.0
+        return scores
+
+
+class _Encoder:
+    def encode_queries(self, texts: list[str]) -> Any:
+        n = len(texts)
+        return SimpleNamespace(
+            input_ids=np.full((n, 4), 7, dtype=np.int32),
+            token_type_ids=np.zeros((n, 4), dtype=np.int32),
+            lengths=np.full(n, 4),
+            truncated=np.zeros(n, dtype=bool),
+        )
+
+    def encode_products(self, lefts: list[Any], rights: list[Any]) -> Any:
+        raise NotImplementedError
+
+
+class _AckingProducer:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, topic: str, value: bytes, key: Any = None, headers: Any = None) -> Any:
+        self.sent += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+@dataclass
+class _Msg:
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    timestamp: int = 0
+
+
+def _query(i: int) -> _Msg:
+    body = {"event_id": f"q{i}", "ts_ms": 1_700_000_000_000, "query": f"query {i}"}
+    return _Msg(offset=i, value=orjson.dumps(body))
+
+
+def _service() -> tuple[Service, _GatedExecutor, _AckingProducer]:
+    settings = load_settings(paths="intent")
+    model = ModelInfo(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
+    handlers = make_handlers(settings, model, _Encoder())
+    executor = _GatedExecutor()
+    # A linger far longer than the test: only size and idleness can close a batch.
+    policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=10.0)
+    service = Service(settings, handlers, executor, {"intent": policy})
+    producer = _AckingProducer()
+    service._producer = producer
+    return service, executor, producer
+
+
+def _batches(service: Service, reason: str) -> float:
+    return float(service.metrics.batches.labels("intent", reason)._value.get())
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_idle_worker_takes_a_lone_row_at_once_and_a_busy_one_lets_the_batch_grow() -> None:
+    service, executor, producer = _service()
+    rt = service.paths["intent"]
+    tp = ("queries", 0)
+
+    service._ingest(rt, tp, [_query(0)], now=0.0)
+    service._dispatch_if_idle()
+    await _settle()
+    assert executor.calls == [1], "an idle worker must not wait for the linger"
+
+    service._ingest(rt, tp, [_query(i) for i in range(1, 4)], now=0.0)
+    service._dispatch_if_idle()
+    await _settle()
+    assert executor.calls == [1], "while the worker is busy the rows wait and batch up"
+    assert len(rt.batcher) == 3
+
+    executor.gate.set()  # the first batch returns: the worker is free, the 3 rows go as one
+    await _settle()
+    assert executor.calls == [1, 3]
+    assert _batches(service, "idle") == 2 and _batches(service, "linger") == 0
+    for _ in range(20):
+        if producer.sent == 4:
+            break
+        await asyncio.sleep(0)
+    assert producer.sent == 4
+    assert service._running_batches == 0
+
+
+async def test_full_batches_close_by_size_whatever_the_worker_does() -> None:
+    service, executor, _ = _service()
+    rt = service.paths["intent"]
+    service._ingest(rt, ("queries", 0), [_query(i) for i in range(8)], now=0.0)
+    await _settle()
+    assert executor.calls == [8]
+    assert _batches(service, "size") == 1
+    service._dispatch_if_idle()  # nothing left open: nothing more to send
+    await _settle()
+    assert executor.calls == [8]
+    executor.gate.set()
+
+
+async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
+    service, executor, _ = _service()
+    service.settings = load_settings(paths="intent", dispatch_when_idle=False)
+    rt = service.paths["intent"]
+    service._ingest(rt, ("queries", 0), [_query(0)], now=0.0)
+    service._dispatch_if_idle()
+    await _settle()
+    assert executor.calls == [] and len(rt.batcher) == 1
