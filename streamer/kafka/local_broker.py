@@ -110,11 +110,19 @@ def choose_port(
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: Kafka's Uuid format, 16 random bytes in url-safe base64."""
+    """A KRaft cluster id: Kafka's Uuid format, 16 random bytes in url-safe base64.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one starting with ``-``: kafka-storage's
+    argument parser reads such an id after ``-t`` as an option and refuses to format (1 in
+    64 random ids; it failed a benchmark start here).
+    """
     import base64
     import uuid
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def render_server_properties(

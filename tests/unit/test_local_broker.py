@@ -101,10 +101,11 @@ def test_parse_properties_skips_comments_and_later_keys_win() -> None:
 
 
 def test_cluster_id_is_kafka_uuid_format() -> None:
-    ids = {new_cluster_id() for _ in range(50)}
-    assert len(ids) == 50
+    ids = {new_cluster_id() for _ in range(2000)}  # ~31 would start with "-" if allowed
+    assert len(ids) == 2000
     for cid in ids:
         assert len(cid) == 22 and "=" not in cid
+        assert not cid.startswith("-"), "kafka-storage would read it as an option"
         assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
