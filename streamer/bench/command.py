@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from streamer.bench.data import REPO_ROOT
-from streamer.bench.harness import ALL_CONTENDERS, BenchConfig, run_bench
+from streamer.bench.harness import ALL_CONTENDERS, BenchConfig, parse_variant, run_bench
 from streamer.bench.report import markdown, plots
 
 
@@ -49,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load an artifact whose int8 parity check failed (tiny test models)",
     )
     parser.add_argument("--data-dir", help="shared data sets (default ../shared/data)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE[;KEY=VALUE]",
+        help="also run the service with these STREAMER_* settings as contender "
+        "streamer-LABEL (repeatable), e.g. linger:STREAMER_DISPATCH_WHEN_IDLE=false",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown contenders: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    try:
+        variants = dict(parse_variant(v) for v in args.variant)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     out = args.out or REPO_ROOT / "bench-results" / time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     overrides: dict[str, object] = {"step_s": args.step_s} if args.step_s else {}
     if args.paths:
@@ -79,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         arrival=args.arrival,
         data_root=args.data_dir,
         force_artifact=args.force_artifact,
+        variants=variants,
         **overrides,
     )
     started = time.monotonic()

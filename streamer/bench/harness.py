@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -37,6 +38,23 @@ from streamer.kafka.local_broker import free_port
 KAFKA_CONTENDERS = ("streamer", "naive", "peer")
 ALL_CONTENDERS = ("model-only", *KAFKA_CONTENDERS)
 PATH_KIND = {"intent": "query", "duplicate": "pair"}
+VARIANT_LABEL = re.compile(r"[a-z0-9_]{1,32}")
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``LABEL:KEY=VALUE[;KEY=VALUE...]`` -> (label, env); only STREAMER_* keys."""
+    label, sep, assignments = spec.partition(":")
+    if not sep or not VARIANT_LABEL.fullmatch(label):
+        raise ValueError(f"variant {spec!r}: expected LABEL:KEY=VALUE[;KEY=VALUE], LABEL [a-z0-9_]")
+    env: dict[str, str] = {}
+    for item in filter(None, assignments.split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.startswith("STREAMER_"):
+            raise ValueError(f"variant {spec!r}: {item!r} is not STREAMER_KEY=VALUE")
+        env[key] = value
+    if not env:
+        raise ValueError(f"variant {spec!r}: no settings given")
+    return label, env
 
 
 @dataclass
@@ -72,6 +90,9 @@ class BenchConfig:
     data_root: str | None = None
     profile: str = "full"
     force_artifact: bool = False
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Extra streamer contenders, ``streamer-<label>``: the service with these env overrides
+    (a tuning A/B measured in the same run, on the same broker, as the shipped defaults)."""
 
     @classmethod
     def preset(cls, profile: str, artifact: Path, out_dir: Path, **overrides: Any) -> BenchConfig:
@@ -176,7 +197,7 @@ def contender_command(
     """argv, environment and (for streamer) metrics port of a Kafka contender."""
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if name == "streamer":
+    if name == "streamer" or name.removeprefix("streamer-") in cfg.variants:
         port = free_port()
         intent = path == "intent"
         env.update(
@@ -194,6 +215,7 @@ def contender_command(
                 "STREAMER_FORCE_ARTIFACT": "true" if cfg.force_artifact else "false",
             }
         )
+        env.update(cfg.variants.get(name.removeprefix("streamer-"), {}))
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         return [sys.executable, "-m", "streamer", "run"], env, port
     module = {"naive": "naive", "peer": "peer"}[name]
@@ -499,6 +521,10 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
         path,
         "--budget-s",
         str(cfg.model_only_budget_s),
+        # The bench's own event mix: with one thread (a cpu worker of the service on this
+        # machine) and with every core (the machine's ceiling).
+        "--mix-threads",
+        ",".join(str(t) for t in sorted({1, os.cpu_count() or 1})),
     ]
     if cfg.force_artifact:
         argv.append("--force-artifact")
@@ -507,9 +533,11 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, timeout=600, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    rows = [
+    lines = [
         orjson.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith(b"{")
     ]
+    rows = [r for r in lines if r.get("kind") != "mix"]
+    mix = [r for r in lines if r.get("kind") == "mix"]
     if proc.returncode != 0 or not rows:
         tail = (log_dir / f"model-only-{path}.log").read_text(errors="replace").splitlines()[-5:]
         return {
@@ -518,12 +546,13 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
             "status": "skipped",
             "reason": f"exited with code {proc.returncode}: {' | '.join(tail)}",
         }
-    items = sum(r["iters"] * r["batch"] for r in rows)
+    items = sum(r["iters"] * r["batch"] for r in rows) + sum(r["events"] * r["passes"] for r in mix)
     return {
         "contender": "model-only",
         "path": path,
         "status": "ok",
         "buckets": rows,
+        "mix": mix,
         "cpu_s": round(cpu, 3),
         "cpu_s_per_1k": round(cpu / max(items, 1) * 1000, 4),
         "best_items_per_s": max(r["items_per_s"] for r in rows),
@@ -618,6 +647,7 @@ async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict
             results["runs"].append(r)
             say(f"  model-only/{path}: {r['status']} {r.get('reason', '')}")
     kafka_contenders = [c for c in cfg.contenders if c in KAFKA_CONTENDERS]
+    kafka_contenders += [f"streamer-{label}" for label in cfg.variants]
     if kafka_contenders:
         with broker_for(cfg, say) as (bootstrap, broker_pid, broker_meta):
             results["meta"]["broker"] = broker_meta

@@ -37,6 +37,34 @@ def best_step(run: dict[str, Any], target_ms: float) -> dict[str, Any] | None:
     return None
 
 
+def _ceiling_fractions(
+    results: dict[str, Any], mixes: list[tuple[str, dict[str, Any]]]
+) -> list[str]:
+    """Each contender's max sustained rate as a share of the mix ceiling, per thread count."""
+    lines = [
+        "",
+        "Max sustained rate as a share of the mix ceiling:",
+        "",
+        "| contender | path | P99 target | max sustained (/s) | "
+        + " | ".join(f"share of {m['threads']}-thread mix" for _, m in mixes[:2])
+        + " |",
+        "|---|---|---|---|" + "---|" * len(mixes[:2]),
+    ]
+    for run in results["runs"]:
+        if run["contender"] == "model-only" or run["status"] != "ok":
+            continue
+        ceilings = [m for path, m in mixes if path == run["path"]]
+        for target in run["targets_ms"]:
+            rate = (run.get("max_sustained") or {}).get(str(target))
+            if not rate or not ceilings:
+                continue
+            shares = " | ".join(f"{rate / m['items_per_s']:.0%}" for m in ceilings[:2])
+            lines.append(
+                f"| {run['contender']} | {run['path']} | {target:g} ms | {_fmt(rate)} | {shares} |"
+            )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The summary table: max sustained rate per target, and the latency/CPU at that rate."""
     meta = results["meta"]
@@ -101,6 +129,22 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['path']} | CPU s per 1k items: {_fmt(r['cpu_s_per_1k'], 2)} | | | | |"
             )
+        mixes = [(r["path"], m) for r in model_rows for m in r.get("mix", [])]
+        if mixes:
+            lines += [
+                "",
+                "The bench's own event mix, batched in arrival order by the service's batch "
+                "policy, run back to back (the ceiling a Kafka contender is held against):",
+                "",
+                "| path | threads | events | batches | mean rows/batch | items/s |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {path} | {m['threads']} | {m['events']} | {m['batches']} | "
+                f"{_fmt(m['mean_rows'], 1)} | {_fmt(m['items_per_s'], 0)} |"
+                for path, m in mixes
+            ]
+            lines += _ceiling_fractions(results, mixes)
     cut = [f"{r['contender']}/{r['path']}" for r in results["runs"] if r.get("stopped_by_budget")]
     if cut:
         lines += ["", f"Note: the time budget ended the ramp early for {', '.join(cut)}: "

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from streamer.bench.harness import (
     BenchConfig,
     Topics,
     contender_command,
     outcome_of,
+    parse_variant,
     run_contender_path,
 )
 from streamer.bench.report import best_step, markdown, plots
@@ -132,3 +136,37 @@ async def test_a_spent_budget_skips_the_run_before_touching_kafka(tmp_path: Path
     run = await run_contender_path(cfg, "r", "127.0.0.1:1", None, "naive", "intent", tmp_path,
                                    print, deadline=0.0)  # fmt: skip
     assert run["status"] == "skipped" and "budget" in run["reason"]
+
+
+def test_mix_ceiling_table_and_each_contenders_share_of_it() -> None:
+    doc = results()
+    doc["runs"][2]["mix"] = [
+        {"kind": "mix", "threads": 1, "events": 256, "batches": 64, "mean_rows": 4.0,
+         "passes": 3, "items_per_s": 400.0},
+        {"kind": "mix", "threads": 2, "events": 256, "batches": 64, "mean_rows": 4.0,
+         "passes": 5, "items_per_s": 500.0},
+    ]  # fmt: skip
+    md = markdown(doc)
+    assert "| intent | 1 | 256 | 64 | 4.0 | 400 |" in md
+    assert "| contender | path | P99 target | max sustained (/s) | share of 1-thread mix " in md
+    assert "| naive | intent | 10 ms | 100 | 25% | 20% |" in md
+    assert "| naive | intent | 50 ms | 200 | 50% | 40% |" in md
+
+
+def test_a_variant_is_the_service_with_its_env_overrides(tmp_path: Path) -> None:
+    label, env = parse_variant("linger:STREAMER_DISPATCH_WHEN_IDLE=false;STREAMER_WORKERS=2")
+    assert label == "linger"
+    assert env == {"STREAMER_DISPATCH_WHEN_IDLE": "false", "STREAMER_WORKERS": "2"}
+    cfg = BenchConfig.preset("quick", tmp_path, tmp_path, variants={label: env})
+    topics = Topics.fresh("r", "streamer-linger", "intent")
+    argv, got, port = contender_command(
+        "streamer-linger", cfg, "127.0.0.1:9", "intent", topics, "g"
+    )
+    assert argv == [sys.executable, "-m", "streamer", "run"] and port
+    assert got["STREAMER_DISPATCH_WHEN_IDLE"] == "false" and got["STREAMER_WORKERS"] == "2"
+    assert got["STREAMER_TOPIC_QUERIES"] == topics.source
+    _, plain, _ = contender_command("streamer", cfg, "127.0.0.1:9", "intent", topics, "g")
+    assert plain.get("STREAMER_WORKERS") == os.environ.get("STREAMER_WORKERS")
+    for bad in ("linger", "Bad:STREAMER_X=1", "x:PATH=/bin", "x:"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)

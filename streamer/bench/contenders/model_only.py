@@ -3,6 +3,12 @@
 Inputs are real tokenized queries/pairs from ../shared/data, padded to each bucket shape (a
 static-shape model pays for the padded shape, so that is the honest cost of the bucket).
 Prints one JSON object per bucket on stdout.
+
+``--mix-threads`` adds the ceiling for the load the benchmark actually sends: the same event
+sequence the load generator produces, batched in arrival order by the service's own batch
+policy for the artifact's target (full batches, as a saturated service forms them), run
+back to back; one row per thread count, tagged ``"kind": "mix"``. A bucket row says what
+one shape costs; the mix row is what a Kafka contender's throughput should be held against.
 """
 
 from __future__ import annotations
@@ -56,6 +62,46 @@ def token_rows(job: ModelJob, path: str, n: int) -> list[tuple[np.ndarray, np.nd
     return [(ids, types) for ids, types, _ in job.handler.tokenize(events)]
 
 
+def measure_mix(
+    job: ModelJob, path: str, target: str, n_events: int, budget_s: float
+) -> dict[str, float]:
+    """Items/s over the benchmark's own event mix, batched as the service batches it."""
+    from streamer.app import batch_policies
+    from streamer.config import load_settings
+    from streamer.model.tasks import Task
+    from streamer.pipeline.batcher import MicroBatcher
+    from streamer.pipeline.paths import Row, pack_batch
+
+    # batch_policies wants both tasks' buckets; only this path's policy is used.
+    both = {Task.INTENT: job.buckets, Task.DUPLICATE: job.buckets}
+    policy = batch_policies(target, load_settings(paths=path), both)[path]
+    batcher: MicroBatcher[Row] = MicroBatcher(policy)
+    shaped: list[tuple[np.ndarray, ...]] = []
+    for i, (ids, types) in enumerate(token_rows(job, path, n_events)):
+        row = Row(None, i, 0, None, None, 0, 0.0, ids, types, False)  # type: ignore[arg-type]
+        shaped += [
+            pack_batch(b.items, b.padded_rows, b.seq_len) for b in batcher.add(row, len(ids), 0.0)
+        ]
+    last = batcher.flush(0.0)
+    if last is not None:
+        shaped.append(pack_batch(last.items, last.padded_rows, last.seq_len))
+    for ids, mask, types in shaped[:3]:
+        job.runner.run(job.handler.task, ids, mask, types)  # warm the shapes
+    passes, start = 0, time.perf_counter()
+    while passes < 1 or (time.perf_counter() - start < budget_s and passes < 20):
+        for ids, mask, types in shaped:
+            job.runner.run(job.handler.task, ids, mask, types)
+        passes += 1
+    elapsed = time.perf_counter() - start
+    return {
+        "events": n_events,
+        "batches": len(shaped),
+        "mean_rows": n_events / len(shaped),
+        "passes": passes,
+        "items_per_s": n_events * passes / elapsed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m streamer.bench.contenders.model_only --artifact DIR --path intent`."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -66,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="", help="comma list; default: the artifact's buckets")
     p.add_argument("--budget-s", type=float, default=2.0, help="time per bucket")
     p.add_argument("--max-iters", type=int, default=2000)
+    p.add_argument("--mix-threads", default="", help="comma list of thread counts for mix rows")
+    p.add_argument("--mix-events", type=int, default=256, help="events in the mix")
     a = p.parse_args(argv)
     job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
     sizes = [int(x) for x in a.batch_sizes.split(",") if x] or list(job.buckets.batch_sizes)
@@ -84,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
             line = {"path": a.path, "batch": b, "seq_len": seq, **result}
             sys.stdout.write(orjson.dumps(line).decode() + "\n")
             sys.stdout.flush()
+    for threads in [int(x) for x in a.mix_threads.split(",") if x]:
+        from streamer.model.manifest import read_manifest
+
+        target = read_manifest(a.artifact)["target"]
+        mix_job = ModelJob.load(a.artifact, a.path, threads, a.force_artifact)
+        result = measure_mix(mix_job, a.path, target, a.mix_events, a.budget_s * 4)
+        line = {"path": a.path, "kind": "mix", "threads": threads, **result}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.flush()
+        del mix_job
     return 0
 
 
