@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streamer import logs
-from streamer.config import Settings, load_settings
+from streamer.config import PathName, Settings, load_settings
 from streamer.model.buckets import Buckets
 from streamer.model.tasks import Task
 from streamer.pipeline.batcher import BatchPolicy, batch_bucket, duplicate_policy, intent_policy
@@ -33,7 +33,11 @@ def worker_layout(target: str, settings: Settings) -> tuple[int, int, Any]:
     if target == "cpu":
         # One core stays with the asyncio process (Kafka client, decode, tokenize).
         workers = settings.workers or max(1, cores - 1)
-        threads = settings.threads_per_worker or max(1, (cores - 1) // workers)
+        # Its core is kept free of model threads only when latency matters (intent path).
+        # Pairs alone are throughput-first and their event loop is light (60 pairs/s on 2
+        # cores): there the workers' threads take every core (same-run A/B, BENCHMARKS.md).
+        spare = cores - 1 if PathName.INTENT in settings.paths else cores
+        threads = settings.threads_per_worker or max(1, spare // workers)
 
         def env(i: int) -> dict[str, str]:
             return {"OMP_NUM_THREADS": str(threads)}
@@ -174,6 +178,7 @@ def batch_policies(
             max_linger_s=settings.duplicate_max_linger_ms / 1000.0,
             seq_buckets=db.seq_lens,
             batch_buckets=db.batch_sizes,
+            group_by_length=settings.duplicate_group_by_length,
         ),
     }
 

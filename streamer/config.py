@@ -103,8 +103,11 @@ class Settings(BaseSettings):
         description="Rows per intent batch; default per target (cpu 4, else 32).",
     )
     intent_max_linger_ms: float = Field(2.0, ge=0, le=1000)
+    # Off by default: on the 2-core CPU the adaptive linger is already ~0 (the other stages
+    # use up the budget), and the same-run A/B in BENCHMARKS.md measured no gain from it.
+    # Meant for accelerators, where the linger controller leaves budget to wait in.
     dispatch_when_idle: bool = Field(
-        True,
+        False,
         description="A free worker takes the open batch at once instead of waiting out the "
         "linger (batches still grow while workers are busy). Off: batches close only by "
         "size, token budget or linger.",
@@ -122,6 +125,11 @@ class Settings(BaseSettings):
         description="Rows per pair batch; default per target (cpu 8, else 128).",
     )
     duplicate_max_linger_ms: float = Field(50.0, ge=0, le=10_000)
+    duplicate_group_by_length: bool = Field(
+        True,
+        description="Batch pairs with pairs of their own sequence bucket (one open batch per "
+        "bucket), so one long pair does not pad the short ones around it.",
+    )
     duplicate_p99_target_ms: float = Field(1_000.0, gt=0, le=600_000)
     duplicate_target_tps: float | None = Field(
         None, gt=0, description="Expected pair rate; default per target: cpu 400, else 8,800."

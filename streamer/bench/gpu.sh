@@ -14,7 +14,9 @@
 #   streamer/bench/gpu.sh [TRAINED_ARTIFACT] # on the GPU machine: venv, compile, Tansu, bench
 #
 # Environment: WHEELS (./wheels), VENV (/tmp/streamer-gpu-venv), OUT (bench-results/gpu-<utc>),
-# CONTENDERS (model-only,streamer,naive,peer), PATHS (intent), PORT (free port picked).
+# CONTENDERS (model-only,streamer,naive,peer), PATHS (intent), PORT (free port picked),
+# VARIANTS (space-separated `streamer bench --variant` specs; default: the service with
+# work-conserving dispatch on, the A/B the CPU run could not decide; "" for none).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -83,7 +85,10 @@ done
 log "benchmark: contenders $CONTENDERS, paths $PATHS, results in $OUT"
 # Tansu rejects idempotent producers (DESIGN.md section 5): the service must not ask for one.
 export STREAMER_PRODUCER_IDEMPOTENCE=false
+VARIANTS="${VARIANTS-idle:STREAMER_DISPATCH_WHEN_IDLE=true}"
+variant_args=()
+for v in $VARIANTS; do variant_args+=(--variant "$v"); done
 "$PY" -m streamer bench --profile gpu --bootstrap "127.0.0.1:$PORT" --artifact "$CUDA_ARTIFACT" \
-    --contenders "$CONTENDERS" --paths "$PATHS" --out "$OUT"
+    --contenders "$CONTENDERS" --paths "$PATHS" --out "$OUT" "${variant_args[@]}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.csv"
 log "done: $OUT/results.md"

@@ -413,16 +413,14 @@ class Service:
                 await asyncio.wait_for(self._wake_ticker.wait(), timeout=timeout)
             now = time.monotonic()
             for rt in self.paths.values():
-                batch = rt.batcher.poll(now)
-                if batch is not None:
+                while (batch := rt.batcher.poll(now)) is not None:
                     self._dispatch(rt, batch)
                 self.metrics.linger_seconds.labels(rt.handler.name).set(rt.linger.linger())
 
     # ----------------------------------------------------------------- dispatch
     def _flush(self, rt: PathRuntime, now: float) -> None:
-        """Dispatch the path's open batch now, whatever its linger (drain, revoke, paused)."""
-        batch = rt.batcher.flush(now)
-        if batch is not None:
+        """Dispatch the path's open batches now, whatever their linger (drain, revoke, paused)."""
+        while (batch := rt.batcher.flush(now)) is not None:
             self._dispatch(rt, batch)
 
     def _dispatch_if_idle(self) -> None:
@@ -438,10 +436,10 @@ class Service:
         parallelism = max(1, self.executor.parallelism)
         now = time.monotonic()
         for rt in self.paths.values():
-            if self._running_batches >= parallelism:
-                return
-            batch = rt.batcher.flush(now, reason="idle")
-            if batch is not None:
+            while self._running_batches < parallelism:
+                batch = rt.batcher.flush(now, reason="idle")
+                if batch is None:
+                    break
                 self._dispatch(rt, batch)
 
     def _dispatch(self, rt: PathRuntime, batch: Batch[Row]) -> None:

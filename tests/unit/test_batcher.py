@@ -273,3 +273,51 @@ def test_property_never_waits_past_deadline_when_polled_on_time(
     for batch in out:
         _check_batch(policy, batch)
         assert batch.waited_s <= policy.max_linger_s + 1e-12
+
+
+def test_group_by_length_keeps_long_rows_from_padding_short_ones() -> None:
+    """Pairs: each sequence bucket has its own open batch; order is kept within a bucket."""
+    policy = BatchPolicy(
+        max_batch=4, max_padded_tokens=4 * 128, max_linger_s=1.0,
+        seq_buckets=(64, 128, 256), batch_buckets=(1, 2, 3, 4), group_by_length=True,
+    )  # fmt: skip
+    b: MicroBatcher[str] = MicroBatcher(policy)
+    closed = []
+    for i, n in enumerate([30, 200, 40, 50, 100]):
+        closed += b.add(f"r{i}", n, now=0.0)
+    assert closed == [], "no bucket is full yet"
+    assert len(b) == 5
+    closed += b.add("r5", 60, now=0.1)  # the fourth 64-bucket row fills its batch
+    assert [(x.items, x.seq_len, x.reason) for x in closed] == [
+        (["r0", "r2", "r3", "r5"], 64, "size")
+    ]
+    assert b.add("r6", 20, now=0.2) == []
+    assert b.deadline() == pytest.approx(1.0)  # the 256 row opened first
+    first = b.poll(now=1.0)
+    second = b.poll(now=1.0)
+    assert first is not None and second is not None and b.poll(now=1.0) is None
+    assert {(tuple(x.items), x.seq_len) for x in (first, second)} == {
+        (("r1",), 256),
+        (("r4",), 128),
+    }
+    left = b.flush(now=2.0)
+    assert left is not None and left.items == ["r6"] and left.seq_len == 64
+    assert b.flush(now=2.0) is None and len(b) == 0
+
+
+def test_without_grouping_one_long_row_pads_its_whole_batch() -> None:
+    policy = BatchPolicy(
+        max_batch=4, max_padded_tokens=4 * 256, max_linger_s=1.0,
+        seq_buckets=(64, 128, 256), batch_buckets=(1, 2, 3, 4),
+    )  # fmt: skip
+    b: MicroBatcher[str] = MicroBatcher(policy)
+    closed = []
+    for i, n in enumerate([30, 200, 40, 50]):
+        closed += b.add(f"r{i}", n, now=0.0)
+    assert [(x.items, x.seq_len) for x in closed] == [(["r0", "r1", "r2", "r3"], 256)]
+
+
+def test_pair_policy_groups_by_length_by_default() -> None:
+    from streamer.pipeline.batcher import duplicate_policy, intent_policy
+
+    assert duplicate_policy().group_by_length and not intent_policy().group_by_length

@@ -79,7 +79,7 @@ def _query(i: int) -> _Msg:
 
 
 def _service() -> tuple[Service, _GatedExecutor, _AckingProducer]:
-    settings = load_settings(paths="intent")
+    settings = load_settings(paths="intent", dispatch_when_idle=True)
     model = ModelInfo(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
     handlers = make_handlers(settings, model, _Encoder())
     executor = _GatedExecutor()
@@ -143,7 +143,7 @@ async def test_full_batches_close_by_size_whatever_the_worker_does() -> None:
 
 async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
     service, executor, _ = _service()
-    service.settings = load_settings(paths="intent", dispatch_when_idle=False)
+    service.settings = load_settings(paths="intent")  # off by default
     rt = service.paths["intent"]
     service._ingest(rt, ("queries", 0), [_query(0)], now=0.0)
     service._dispatch_if_idle()

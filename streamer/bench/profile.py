@@ -1,0 +1,217 @@
+"""Where the service's CPU goes under load: a py-spy profile folded into pipeline stages.
+
+    python -m streamer.bench.profile --path intent --rate 200 --seconds 30   (make bench-profile)
+
+Starts a local Kafka on a free port, runs ``streamer run`` (and, through
+``--subprocesses``, its worker) under the py-spy sampling profiler while ``streamer produce``
+offers a fixed open-loop rate, stops the service with SIGTERM, then folds every sampled
+stack into the stage that could cap throughput: Kafka client, decode/encode, tokenize,
+batching and offsets, metrics, the shared-memory hop, the model, and the event loop itself.
+py-spy drops idle samples by default, so the shares are of busy CPU time, per process.
+
+py-spy is a tool, not a library of the service: it is not in the lock. Install it anywhere
+(``pip install py-spy``) and pass ``--py-spy`` or put it on PATH.
+Output: ``bench-results/profile-<UTC>-<path>/`` with the collapsed stacks (``stacks.txt``,
+loadable in speedscope), the service's metrics after the run and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from streamer.bench.stages import ready
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# First match from the innermost frame outwards decides a sample's stage.
+STAGES: list[tuple[str, re.Pattern[str]]] = [
+    ("model (ONNX Runtime / torch)", re.compile(r"onnxruntime|/torch/|runner\.py")),
+    ("shared-memory hop", re.compile(r"shm_ring\.py|executor\.py|worker\.py|supervisor\.py")),
+    ("tokenize", re.compile(r"tokenizers|tokenize\.py|serialize\.py")),
+    ("decode / encode records", re.compile(r"codec\.py|orjson|paths\.py")),
+    ("Kafka client (aiokafka)", re.compile(r"aiokafka|kafka/")),
+    ("metrics", re.compile(r"prometheus_client|metrics\.py|http\.py")),
+    (
+        "batching, offsets, backpressure",
+        re.compile(r"batcher\.py|linger\.py|offsets\.py|backpressure\.py"),
+    ),
+    ("service loop (other service code)", re.compile(r"streamer/pipeline/service\.py")),
+    ("event loop (asyncio/uvloop)", re.compile(r"asyncio|uvloop|selectors")),
+]
+OTHER = "other"
+_PROCESS = re.compile(r"^process (\d+):\"?(.*?)\"?$")
+
+
+def find_py_spy(given: str | None) -> str | None:
+    """--py-spy, $PY_SPY, PATH, then the project's tool cache."""
+    for candidate in (
+        given,
+        os.environ.get("PY_SPY"),
+        shutil.which("py-spy"),
+        str(Path.home() / ".cache/streamer/tools/bin/py-spy"),
+    ):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def stage_of(frames: list[str]) -> str:
+    """The stage of one stack (root first): the innermost frame that names one decides."""
+    for frame in reversed(frames):
+        for name, pattern in STAGES:
+            if pattern.search(frame):
+                return name
+    return OTHER
+
+
+def fold(lines: list[str]) -> dict[str, Counter[str]]:
+    """py-spy raw (collapsed) stacks -> samples per stage, per process role."""
+    per_role: dict[str, Counter[str]] = {}
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        role = "service"
+        if frames and (m := _PROCESS.match(frames[0])):
+            frames = frames[1:]
+            role = "worker" if "worker" in m.group(2) or "spawn" in m.group(2) else "service"
+        per_role.setdefault(role, Counter())[stage_of(frames)] += int(count)
+    return per_role
+
+
+def summary(per_role: dict[str, Counter[str]], title: str, rate_hz: int, seconds: float) -> str:
+    """Markdown: busy CPU seconds and share per stage, per process."""
+    lines = [f"# {title}", ""]
+    for role in sorted(per_role):
+        samples = per_role[role]
+        total = sum(samples.values())
+        lines += [
+            f"## {role} process: {total / rate_hz:.1f} busy CPU s sampled "
+            f"({total / rate_hz / seconds:.0%} of one core over {seconds:.0f} s)",
+            "",
+            "| stage | busy CPU s | share |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {n / rate_hz:.2f} | {n / total:.0%} |" for name, n in samples.most_common()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; see the module docstring."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--rate", type=float, default=200.0, help="offered events/s")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the offered load")
+    p.add_argument("--sample-rate", type=int, default=100, help="py-spy samples/s")
+    p.add_argument("--py-spy", help="py-spy executable")
+    p.add_argument("--artifact", help="compiled artifact (default: newest *-cpu)")
+    p.add_argument("--out", type=Path)
+    a = p.parse_args(argv)
+    py_spy = find_py_spy(a.py_spy)
+    if py_spy is None:
+        print(
+            "py-spy not found: `pip install py-spy` anywhere, then --py-spy PATH", file=sys.stderr
+        )
+        return 2
+    from streamer.bench.command import default_artifact
+    from streamer.kafka.local_broker import LocalKafka, free_port
+
+    artifact = a.artifact or default_artifact()
+    if artifact is None:
+        print("no compiled artifact: run `make model compile-cpu`", file=sys.stderr)
+        return 2
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    out: Path = a.out or REPO_ROOT / "bench-results" / f"profile-{stamp}-{a.path}"
+    out.mkdir(parents=True, exist_ok=True)
+    kind, topic_key = ("query", "queries") if a.path == "intent" else ("pair", "pairs")
+    port = free_port()
+    with LocalKafka() as kafka:
+        env = dict(os.environ)
+        env.update(
+            STREAMER_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+            STREAMER_ARTIFACT=str(artifact),
+            STREAMER_PATHS=a.path,
+            STREAMER_METRICS_PORT=str(port),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        py = sys.executable
+        subprocess.run([py, "-m", "streamer", "topics", "create"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        from streamer.config import load_settings
+
+        topic = getattr(load_settings(), f"topic_{topic_key}")
+        stacks = out / "stacks.txt"
+        with (out / "service.log").open("wb") as log:
+            spy = subprocess.Popen(
+                [py_spy, "record", "--subprocesses", "--rate", str(a.sample_rate), "--format",
+                 "raw", "--output", str(stacks), "--", py, "-m", "streamer", "run"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 180
+                while not ready(port):
+                    if spy.poll() is not None or time.monotonic() > deadline:
+                        print(f"service did not become ready; see {out / 'service.log'}")
+                        return 3
+                    time.sleep(0.5)
+                subprocess.run(
+                    [py, "-m", "streamer", "produce", "--topic", topic, "--kind", kind,
+                     "--rate", str(a.rate), "--duration", str(a.seconds),
+                     "--bootstrap", kafka.bootstrap_servers],
+                    env=env, check=True, stdout=(out / "produce.log").open("wb"),
+                )  # fmt: skip
+                time.sleep(2.0)  # let the tail drain
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    (out / "metrics.txt").write_bytes(r.read())
+            finally:
+                for pid in _children(spy.pid):  # the service: SIGTERM drains and exits
+                    os.kill(pid, signal.SIGTERM)
+                try:
+                    spy.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+    if not stacks.is_file():
+        print(f"py-spy wrote no stacks; see {out / 'service.log'}", file=sys.stderr)
+        return 1
+    per_role = fold(stacks.read_text().splitlines())
+    title = (
+        f"CPU profile: {a.path} path at {a.rate:g}/s offered for {a.seconds:g} s "
+        f"({Path(artifact).name}, py-spy {a.sample_rate} Hz, idle samples dropped)"
+    )
+    text = summary(per_role, title, a.sample_rate, a.seconds)
+    (out / "summary.md").write_text(text)
+    print(text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
