@@ -82,6 +82,10 @@ bench-quick: venv ## Short side-by-side benchmark (under 10 minutes)
 bench: venv ## Full side-by-side benchmark
 	$(PY) -m streamer bench
 
+.PHONY: bench-profile
+bench-profile: venv ## Where the service's CPU goes at a fixed load (py-spy; PROFILE_ARGS="--path intent --rate 200")
+	$(PY) -m streamer.bench.profile $(PROFILE_ARGS)
+
 .PHONY: bench-gpu
 bench-gpu: ## GPU machine: offline wheels, cuda compile, Tansu broker, GPU profile (see BENCHMARKS.md)
 	bash streamer/bench/gpu.sh

@@ -133,8 +133,9 @@ def markdown(results: dict[str, Any]) -> str:
         if mixes:
             lines += [
                 "",
-                "The bench's own event mix, batched in arrival order by the service's batch "
-                "policy, run back to back (the ceiling a Kafka contender is held against):",
+                "The bench's own event mix, batched as the service batches it (its batch "
+                "policy: pairs grouped by length), run back to back: the ceiling a Kafka "
+                "contender is held against:",
                 "",
                 "| path | threads | events | batches | mean rows/batch | items/s |",
                 "|---|---|---|---|---|---|",

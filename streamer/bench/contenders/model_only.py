@@ -5,9 +5,9 @@ static-shape model pays for the padded shape, so that is the honest cost of the 
 Prints one JSON object per bucket on stdout.
 
 ``--mix-threads`` adds the ceiling for the load the benchmark actually sends: the same event
-sequence the load generator produces, batched in arrival order by the service's own batch
-policy for the artifact's target (full batches, as a saturated service forms them), run
-back to back; one row per thread count, tagged ``"kind": "mix"``. A bucket row says what
+sequence the load generator produces, batched by the service's own batch policy for the
+artifact's target (full batches, as a saturated service forms them; pairs grouped by
+length), run back to back; one row per thread count, tagged ``"kind": "mix"``. A bucket row says what
 one shape costs; the mix row is what a Kafka contender's throughput should be held against.
 """
 
