@@ -2,10 +2,11 @@
 
     python -m streamer.bench.profile --path intent --rate 200 --seconds 30   (make bench-profile)
 
-Starts a local Kafka on a free port, runs ``streamer run`` (and, through
-``--subprocesses``, its worker) under the py-spy sampling profiler while ``streamer produce``
-offers a fixed open-loop rate, stops the service with SIGTERM, then folds every sampled
-stack into the stage that could cap throughput: Kafka client, decode/encode, tokenize,
+Starts a local Kafka on a free port and ``streamer run``; once the service is ready, attaches
+the py-spy sampling profiler to it and (``--subprocesses``) its worker for exactly the
+window in which ``streamer produce`` offers a fixed open-loop rate (start-up and model
+loading are not sampled); stops the service with SIGTERM, then folds every sampled stack
+into the stage that could cap throughput: Kafka client, decode/encode, tokenize,
 batching and offsets, metrics, the shared-memory hop, the model, and the event loop itself.
 py-spy drops idle samples by default, so the shares are of busy CPU time, per process.
 
@@ -46,10 +47,12 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(r"batcher\.py|linger\.py|offsets\.py|backpressure\.py"),
     ),
     ("service loop (other service code)", re.compile(r"streamer/pipeline/service\.py")),
-    ("event loop (asyncio/uvloop)", re.compile(r"asyncio|uvloop|selectors")),
 ]
+# Only when no frame names a stage: asyncio frames sit under most stacks (aiokafka's socket
+# writes end in asyncio's StreamWriter), so they would otherwise swallow the real caller.
+EVENT_LOOP = ("event loop (uvloop/asyncio internals)", re.compile(r"asyncio|uvloop|selectors"))
 OTHER = "other"
-_PROCESS = re.compile(r"^process (\d+):\"?(.*?)\"?$")
+_PROCESS = re.compile(r"^process (\d+):(.*)$")
 
 
 def find_py_spy(given: str | None) -> str | None:
@@ -66,11 +69,14 @@ def find_py_spy(given: str | None) -> str | None:
 
 
 def stage_of(frames: list[str]) -> str:
-    """The stage of one stack (root first): the innermost frame that names one decides."""
+    """The stage of one stack (root first): the innermost frame that names one decides;
+    a stack that only shows the event loop itself is the event loop's."""
     for frame in reversed(frames):
         for name, pattern in STAGES:
             if pattern.search(frame):
                 return name
+    if any(EVENT_LOOP[1].search(frame) for frame in frames):
+        return EVENT_LOOP[0]
     return OTHER
 
 
@@ -82,10 +88,12 @@ def fold(lines: list[str]) -> dict[str, Counter[str]]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
+        # --subprocesses prefixes each stack with its process chain, root first
+        # (`process 1:"cmd";process 2:"cmd";...`): the innermost one is the sampled process.
         role = "service"
-        if frames and (m := _PROCESS.match(frames[0])):
+        while frames and (m := _PROCESS.match(frames[0])):
             frames = frames[1:]
-            role = "worker" if "worker" in m.group(2) or "spawn" in m.group(2) else "service"
+            role = "worker" if "spawn_main" in m.group(2) else "service"
         per_role.setdefault(role, Counter())[stage_of(frames)] += int(count)
     return per_role
 
@@ -97,8 +105,8 @@ def summary(per_role: dict[str, Counter[str]], title: str, rate_hz: int, seconds
         samples = per_role[role]
         total = sum(samples.values())
         lines += [
-            f"## {role} process: {total / rate_hz:.1f} busy CPU s sampled "
-            f"({total / rate_hz / seconds:.0%} of one core over {seconds:.0f} s)",
+            f"## {role} process: {total / rate_hz:.1f} busy CPU s sampled over {seconds:.0f} s "
+            f"({total / rate_hz / seconds:.0%} of one core)",
             "",
             "| stage | busy CPU s | share |",
             "|---|---|---|",
@@ -108,18 +116,6 @@ def summary(per_role: dict[str, Counter[str]], title: str, rate_hz: int, seconds
         ]
         lines.append("")
     return "\n".join(lines)
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,35 +165,38 @@ def main(argv: list[str] | None = None) -> int:
         topic = getattr(load_settings(), f"topic_{topic_key}")
         stacks = out / "stacks.txt"
         with (out / "service.log").open("wb") as log:
-            spy = subprocess.Popen(
-                [py_spy, "record", "--subprocesses", "--rate", str(a.sample_rate), "--format",
-                 "raw", "--output", str(stacks), "--", py, "-m", "streamer", "run"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            service = subprocess.Popen(
+                [py, "-m", "streamer", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             try:
                 deadline = time.monotonic() + 180
                 while not ready(port):
-                    if spy.poll() is not None or time.monotonic() > deadline:
+                    if service.poll() is not None or time.monotonic() > deadline:
                         print(f"service did not become ready; see {out / 'service.log'}")
                         return 3
                     time.sleep(0.5)
+                spy = subprocess.Popen(
+                    [py_spy, "record", "--pid", str(service.pid), "--subprocesses",
+                     "--rate", str(a.sample_rate), "--duration", str(int(a.seconds)),
+                     "--format", "raw", "--output", str(stacks)],
+                    stdout=(out / "py-spy.log").open("wb"), stderr=subprocess.STDOUT,
+                )  # fmt: skip
                 subprocess.run(
                     [py, "-m", "streamer", "produce", "--topic", topic, "--kind", kind,
                      "--rate", str(a.rate), "--duration", str(a.seconds),
                      "--bootstrap", kafka.bootstrap_servers],
                     env=env, check=True, stdout=(out / "produce.log").open("wb"),
                 )  # fmt: skip
-                time.sleep(2.0)  # let the tail drain
+                spy.wait(timeout=a.seconds + 60)
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                     (out / "metrics.txt").write_bytes(r.read())
             finally:
-                for pid in _children(spy.pid):  # the service: SIGTERM drains and exits
-                    os.kill(pid, signal.SIGTERM)
+                service.send_signal(signal.SIGTERM)  # drains, commits and exits
                 try:
-                    spy.wait(timeout=120)
+                    service.wait(timeout=60)
                 except subprocess.TimeoutExpired:
-                    spy.kill()
-                    spy.wait()
+                    service.kill()
+                    service.wait()
     if not stacks.is_file():
         print(f"py-spy wrote no stacks; see {out / 'service.log'}", file=sys.stderr)
         return 1

@@ -1,0 +1,42 @@
+"""Folding py-spy's collapsed stacks into pipeline stages (the format py-spy 0.4 writes)."""
+
+from __future__ import annotations
+
+from streamer.bench.profile import fold, stage_of, summary
+
+# As py-spy 0.4 writes them: the process chain first, root first, then the frames.
+ROOT = 'process 10:"";<module> (streamer/__main__.py:5);run (uvloop/__init__.py:92)'
+WORKER = 'process 10:"";process 11:"python -c from multiprocessing.spawn import spawn_main"'
+
+
+def test_innermost_named_frame_decides_and_asyncio_is_the_fallback() -> None:
+    send = [
+        "Runner.run (asyncio/runners.py:118)",
+        "AIOKafkaClient.send (aiokafka/client.py:500)",
+        "StreamWriter.write (asyncio/streams.py:300)",
+    ]
+    assert stage_of(send) == "Kafka client (aiokafka)"
+    tok = ["Service._ingest (streamer/pipeline/service.py:380)",
+           "encode_queries (streamer/model/tokenize.py:90)"]  # fmt: skip
+    assert stage_of(tok) == "tokenize"
+    assert stage_of(["run (uvloop/__init__.py:92)", "Runner.run (asyncio/runners.py:118)"]) == (
+        "event loop (uvloop/asyncio internals)"
+    )
+    assert stage_of(["<module> (x.py:1)"]) == "other"
+
+
+def test_fold_splits_service_and_worker_by_the_innermost_process_frame() -> None:
+    lines = [
+        f"{ROOT};Service._fetch_loop (streamer/pipeline/service.py:323);"
+        "getmany (aiokafka/consumer/consumer.py:1200) 7",
+        f"{WORKER};_loop (streamer/pipeline/worker.py:120);"
+        "run (onnxruntime/capi/onnxruntime_inference_collection.py:220) 30",
+        f"{WORKER};_loop (streamer/pipeline/worker.py:110) 3",
+        "not a stack line",
+    ]
+    per_role = fold(lines)
+    assert per_role["service"] == {"Kafka client (aiokafka)": 7}
+    assert per_role["worker"] == {"model (ONNX Runtime / torch)": 30, "shared-memory hop": 3}
+    text = summary(per_role, "t", rate_hz=10, seconds=3.0)
+    assert "## worker process: 3.3 busy CPU s sampled over 3 s (110% of one core)" in text
+    assert "| model (ONNX Runtime / torch) | 3.00 | 91% |" in text
