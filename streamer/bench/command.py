@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from pathlib import Path
 
 from streamer.bench.data import REPO_ROOT
-from streamer.bench.harness import ALL_CONTENDERS, BenchConfig, parse_variant, run_bench
+from streamer.bench.harness import (
+    ALL_CONTENDERS,
+    BenchConfig,
+    kill_live_contenders,
+    parse_variant,
+    run_bench,
+)
 from streamer.bench.report import markdown, plots
 
 
@@ -98,11 +105,28 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     from streamer.kafka.local_broker import BrokerStartError
 
+    def interrupted(signum: int, frame: object) -> None:
+        # Out of the loop at once (asyncio.run then cancels the remaining tasks, whose finally
+        # blocks stop their contender) and through the finally below. asyncio's own SIGINT
+        # handler only cancels the main task, which a library may swallow: the ramp went on.
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         results = asyncio.run(run_bench(cfg, ["streamer", "bench", *sys.argv[2:]]))
     except BrokerStartError as exc:  # no broker, no benchmark: say why instead of a traceback
         print(f"could not start the local Kafka broker: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("interrupted: no results written", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # Contenders run in their own sessions; none may outlive an interrupted run.
+        stopped = kill_live_contenders()
+        if stopped:
+            print(f"stopped contender process groups {stopped}", file=sys.stderr)
     (out / "results.md").write_text(markdown(results))
     written = plots(results, out)
     print(

@@ -38,17 +38,27 @@ class LatencyStats:
 
     @classmethod
     def from_histogram(cls, h: HdrHistogram) -> LatencyStats:
-        """Read the standard percentiles out of a microsecond histogram."""
+        """Read the standard percentiles out of a microsecond histogram.
+
+        Each value is its bucket's lower edge: at 3 significant digits a bucket spans 0.1% of
+        its value, and the broker-side latencies are whole milliseconds (both timestamps are
+        ms), which the lower edge reproduces exactly. HdrHistogram's default (the upper edge)
+        would read a P99 of exactly 10 ms as 10.007 ms and fail a 10 ms target.
+        """
         if h.get_total_count() == 0:
             nan = float("nan")
             return cls(0, nan, nan, nan, nan, nan, nan)
+
+        def at(percentile: float) -> float:
+            return h.get_lowest_equivalent_value(h.get_value_at_percentile(percentile)) / 1000.0
+
         return cls(
             count=int(h.get_total_count()),
-            p50_ms=h.get_value_at_percentile(50.0) / 1000.0,
-            p90_ms=h.get_value_at_percentile(90.0) / 1000.0,
-            p99_ms=h.get_value_at_percentile(99.0) / 1000.0,
-            p999_ms=h.get_value_at_percentile(99.9) / 1000.0,
-            max_ms=h.get_max_value() / 1000.0,
+            p50_ms=at(50.0),
+            p90_ms=at(90.0),
+            p99_ms=at(99.0),
+            p999_ms=at(99.9),
+            max_ms=h.get_lowest_equivalent_value(h.get_max_value()) / 1000.0,
             mean_ms=h.get_mean_value() / 1000.0,
         )
 

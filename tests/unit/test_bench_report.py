@@ -170,3 +170,16 @@ def test_a_variant_is_the_service_with_its_env_overrides(tmp_path: Path) -> None
     for bad in ("linger", "Bad:STREAMER_X=1", "x:PATH=/bin", "x:"):
         with pytest.raises(ValueError):
             parse_variant(bad)
+
+
+def test_an_interrupted_run_leaves_no_contender_behind() -> None:
+    """Contenders run in their own session; kill_live_contenders stops every one still up."""
+    import subprocess
+
+    from streamer.bench import harness
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    harness._LIVE_GROUPS.add(proc.pid)
+    assert harness.kill_live_contenders(grace_s=2.0) == [proc.pid]
+    assert proc.wait(timeout=5) is not None
+    assert not harness._LIVE_GROUPS

@@ -88,3 +88,13 @@ def test_recorder_shares_the_generators_map_even_while_it_is_empty() -> None:
     scheduled["late-registered"] = 0  # the generator fills the map as it sends
     rec.observe("late-registered", 3, 2)
     assert rec.report().unique == 1 and rec.complete
+
+
+def test_a_whole_millisecond_p99_reads_exactly_and_meets_its_target() -> None:
+    """Broker latencies are whole ms: a P99 of exactly 10 ms must read 10.0, not 10.007."""
+    sched = {f"e{i}": 0 for i in range(100)}
+    r = LatencyRecorder(sched)
+    for i in range(100):
+        r.observe(f"e{i}", 10.0 if i >= 98 else 5.0, 10 if i >= 98 else 5)
+    stats = r.report().broker
+    assert stats.p99_ms == 10.0 and stats.max_ms == 10.0 and stats.p50_ms == 5.0
