@@ -333,6 +333,11 @@ class Service:
                 rt = self._by_topic.get(tp.topic)
                 if rt is not None and messages:
                     self._ingest(rt, tp, messages, now)
+            # A batch whose linger is already over (the budget left none) is dispatched now,
+            # not after a wake-up of the ticker. Measured on 2 cores: the linger stage went
+            # from 0.6 ms mean to 0; its task still starts one loop turn later ("queue" stage,
+            # 0.07 -> 0.45 ms), so end to end this moved the hop more than it removed it.
+            self._dispatch_due(now)
             self._dispatch_if_idle()
             self._apply_backpressure()
             self._wake_ticker.set()
@@ -411,11 +416,15 @@ class Service:
             self._wake_ticker.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_ticker.wait(), timeout=timeout)
-            now = time.monotonic()
+            self._dispatch_due(time.monotonic())
             for rt in self.paths.values():
-                while (batch := rt.batcher.poll(now)) is not None:
-                    self._dispatch(rt, batch)
                 self.metrics.linger_seconds.labels(rt.handler.name).set(rt.linger.linger())
+
+    def _dispatch_due(self, now: float) -> None:
+        """Dispatch every open batch whose linger deadline has passed."""
+        for rt in self.paths.values():
+            while (batch := rt.batcher.poll(now)) is not None:
+                self._dispatch(rt, batch)
 
     # ----------------------------------------------------------------- dispatch
     def _flush(self, rt: PathRuntime, now: float) -> None:

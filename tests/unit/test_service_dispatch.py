@@ -149,3 +149,24 @@ async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
     service._dispatch_if_idle()
     await _settle()
     assert executor.calls == [] and len(rt.batcher) == 1
+
+
+async def test_a_batch_with_no_linger_left_goes_without_waiting_for_the_ticker() -> None:
+    """The fetch loop closes batches whose deadline already passed before it yields."""
+    settings = load_settings(paths="intent")
+    model = ModelInfo(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
+    executor = _GatedExecutor()
+    policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=0.0)
+    service = Service(
+        settings, make_handlers(settings, model, _Encoder()), executor, {"intent": policy}
+    )
+    service._producer = _AckingProducer()
+    rt = service.paths["intent"]
+    service._ingest(rt, ("queries", 0), [_query(0), _query(1)], now=5.0)
+    service._dispatch_due(4.999)  # not due yet
+    await _settle()
+    assert executor.calls == [] and len(rt.batcher) == 2
+    service._dispatch_due(5.0)
+    await _settle()
+    assert executor.calls == [2] and _batches(service, "linger") == 1
+    executor.gate.set()
