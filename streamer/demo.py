@@ -121,6 +121,12 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             "STREAMER_GROUP_ID": f"demo-{tag}-{path}",
             "STREAMER_METRICS_PORT": str(port),
         }
+        if path == "duplicate":
+            # Two services share this machine: the pair service must not take every core, as
+            # a pair-only service alone on its machine does (the intent P99 doubled when it did).
+            path_env.setdefault(
+                "STREAMER_THREADS_PER_WORKER", str(max(1, (os.cpu_count() or 2) // 2))
+            )
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streamer", "run"], env=path_env, stdout=log, stderr=log
