@@ -30,9 +30,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from streamer.bench.data import REPO_ROOT
 from streamer.bench.stages import ready
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # First match from the innermost frame outwards decides a sample's stage.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
@@ -175,19 +174,23 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"service did not become ready; see {out / 'service.log'}")
                         return 3
                     time.sleep(0.5)
-                spy = subprocess.Popen(
-                    [py_spy, "record", "--pid", str(service.pid), "--subprocesses",
-                     "--rate", str(a.sample_rate), "--duration", str(int(a.seconds)),
-                     "--format", "raw", "--output", str(stacks)],
-                    stdout=(out / "py-spy.log").open("wb"), stderr=subprocess.STDOUT,
-                )  # fmt: skip
-                subprocess.run(
-                    [py, "-m", "streamer", "produce", "--topic", topic, "--kind", kind,
-                     "--rate", str(a.rate), "--duration", str(a.seconds),
-                     "--bootstrap", kafka.bootstrap_servers],
-                    env=env, check=True, stdout=(out / "produce.log").open("wb"),
-                )  # fmt: skip
-                spy.wait(timeout=a.seconds + 60)
+                with (
+                    (out / "py-spy.log").open("wb") as spy_log,
+                    (out / "produce.log").open("wb") as produce_log,
+                ):
+                    spy = subprocess.Popen(
+                        [py_spy, "record", "--pid", str(service.pid), "--subprocesses",
+                         "--rate", str(a.sample_rate), "--duration", str(int(a.seconds)),
+                         "--format", "raw", "--output", str(stacks)],
+                        stdout=spy_log, stderr=subprocess.STDOUT,
+                    )  # fmt: skip
+                    subprocess.run(
+                        [py, "-m", "streamer", "produce", "--topic", topic, "--kind", kind,
+                         "--rate", str(a.rate), "--duration", str(a.seconds),
+                         "--bootstrap", kafka.bootstrap_servers],
+                        env=env, check=True, stdout=produce_log,
+                    )  # fmt: skip
+                    spy.wait(timeout=a.seconds + 60)
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                     (out / "metrics.txt").write_bytes(r.read())
             finally:

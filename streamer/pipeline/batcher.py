@@ -285,29 +285,30 @@ class MicroBatcher(Generic[T]):
             closed.append(self._close(key, "tokens", now))
         return closed
 
-    def _first_opened(self) -> int | None:
+    def _earliest_due(self) -> int | None:
+        """Key of the open batch whose linger deadline comes first; None if none is open."""
         if not self._open:
             return None
         return min(self._open, key=lambda k: self._open[k].deadline)
 
     def poll(self, now: float) -> Batch[T] | None:
         """Close the batch whose linger deadline passed first, if any (call until None)."""
-        key = self._first_opened()
+        key = self._earliest_due()
         if key is not None and now >= self._open[key].deadline:
             return self._close(key, "linger", now)
         return None
 
     def deadline(self) -> float | None:
         """When poll() will next close a batch (opened_at + linger); None if empty."""
-        key = self._first_opened()
+        key = self._earliest_due()
         return None if key is None else self._open[key].deadline
 
     def flush(self, now: float, reason: str = "flush") -> Batch[T] | None:
-        """Close an open batch (the oldest) regardless of its deadline; call until None.
+        """Close an open batch (the one due first) regardless of its deadline; call until None.
 
         For shutdown, rebalance, a paused partition or an idle device.
         """
-        key = self._first_opened()
+        key = self._earliest_due()
         return None if key is None else self._close(key, reason, now)
 
     def __len__(self) -> int:

@@ -78,13 +78,15 @@ def _query(i: int) -> _Msg:
     return _Msg(offset=i, value=orjson.dumps(body))
 
 
-def _service() -> tuple[Service, _GatedExecutor, _AckingProducer]:
-    settings = load_settings(paths="intent", dispatch_when_idle=True)
+def _service(
+    max_linger_s: float = 10.0, dispatch_when_idle: bool = True
+) -> tuple[Service, _GatedExecutor, _AckingProducer]:
+    """By default a linger far longer than the test: only size and idleness close a batch."""
+    settings = load_settings(paths="intent", dispatch_when_idle=dispatch_when_idle)
     model = ModelInfo(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
     handlers = make_handlers(settings, model, _Encoder())
     executor = _GatedExecutor()
-    # A linger far longer than the test: only size and idleness can close a batch.
-    policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=10.0)
+    policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=max_linger_s)
     service = Service(settings, handlers, executor, {"intent": policy})
     producer = _AckingProducer()
     service._producer = producer
@@ -142,8 +144,8 @@ async def test_full_batches_close_by_size_whatever_the_worker_does() -> None:
 
 
 async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
-    service, executor, _ = _service()
-    service.settings = load_settings(paths="intent")  # off by default
+    service, executor, _ = _service(dispatch_when_idle=load_settings().dispatch_when_idle)
+    assert not service.settings.dispatch_when_idle, "off by default"
     rt = service.paths["intent"]
     service._ingest(rt, ("queries", 0), [_query(0)], now=0.0)
     service._dispatch_if_idle()
@@ -153,14 +155,7 @@ async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
 
 async def test_a_batch_with_no_linger_left_goes_without_waiting_for_the_ticker() -> None:
     """The fetch loop closes batches whose deadline already passed before it yields."""
-    settings = load_settings(paths="intent")
-    model = ModelInfo(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
-    executor = _GatedExecutor()
-    policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=0.0)
-    service = Service(
-        settings, make_handlers(settings, model, _Encoder()), executor, {"intent": policy}
-    )
-    service._producer = _AckingProducer()
+    service, executor, _ = _service(max_linger_s=0.0, dispatch_when_idle=False)
     rt = service.paths["intent"]
     service._ingest(rt, ("queries", 0), [_query(0), _query(1)], now=5.0)
     service._dispatch_due(4.999)  # not due yet
