@@ -61,7 +61,7 @@ topics: venv ## Create the five topics on the configured broker (idempotent)
 
 .PHONY: model
 model: venv ## Train the multi-task model on ../shared/data into artifacts/
-	$(PY) -m streamer.model.train
+	$(PY) -m streamer.training.train
 
 .PHONY: compile-cpu
 compile-cpu: venv ## Compile the newest trained artifact (artifacts/*/eval.json) for the cpu target

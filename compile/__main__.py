@@ -10,7 +10,7 @@ from pathlib import Path
 from compile.common import default_out_dir
 from compile.sample import builtin_sample, default_sample
 from streamer.model.artifact import ArtifactError
-from streamer.model.data import DEFAULT_DATA_DIR
+from streamer.training.data import DEFAULT_DATA_DIR
 from streamer.model.manifest import TARGETS
 
 

@@ -55,7 +55,7 @@ def pick_artifact() -> Path:
         return built[-1].parent
     print("no trained model (run `make model` for the real one): building the tiny model")
     subprocess.run(
-        [sys.executable, "-m", "streamer.model.tiny", "--out", str(out)],
+        [sys.executable, "-m", "streamer.training.tiny", "--out", str(out)],
         check=True,
         cwd=repo_root(),
     )

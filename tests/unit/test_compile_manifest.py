@@ -9,7 +9,7 @@ import pytest
 from streamer.model.artifact import ArtifactError, sha256_file
 from streamer.model.manifest import MANIFEST, read_manifest, verify_checksums
 from streamer.model.runner import load_runner
-from streamer.model.tiny import TINY_LABELS
+from streamer.training.tiny import TINY_LABELS
 
 
 def test_manifest_has_the_contract_fields(tiny_cpu_artifact: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.model.data import clinc_label, hash_split, queryner_label
+from streamer.training.data import clinc_label, hash_split, queryner_label
 from streamer.model.serialize import parse_ditto_record, serialize_product
 
 RECORD = "COL title VAL sumdex slr camera sling pack COL category VAL mp3 accessories COL brand VAL sumdex COL modelno VAL 144952 COL price VAL 39.99 "
@@ -62,7 +62,7 @@ def test_hash_split_is_stable_and_roughly_80_10_10() -> None:
 def test_threshold_sits_between_scores_and_maximizes_f1() -> None:
     import numpy as np
 
-    from streamer.model.metrics import choose_threshold
+    from streamer.training.metrics import choose_threshold
 
     y = np.array([0, 0, 1, 1, 0, 1])
     s = np.array([0.1, 0.3, 0.6, 0.8, 0.5, 0.9])

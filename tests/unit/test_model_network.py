@@ -17,7 +17,7 @@ from streamer.model.artifact import (
 )
 from streamer.model.network import ServingModel
 from streamer.model.tasks import Task
-from streamer.model.tiny import TINY_LABELS
+from streamer.training.tiny import TINY_LABELS
 
 
 def _inputs(batch: int, seq_len: int) -> tuple[torch.Tensor, ...]:

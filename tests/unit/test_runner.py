@@ -12,7 +12,7 @@ from streamer.model.artifact import ArtifactError, BackendUnavailableError, enco
 from streamer.model.manifest import read_manifest, write_manifest
 from streamer.model.runner import load_runner
 from streamer.model.tasks import Task
-from streamer.model.tiny import TINY_LABELS, TINY_NAME, TINY_VERSION
+from streamer.training.tiny import TINY_LABELS, TINY_NAME, TINY_VERSION
 
 
 def test_intent_returns_probabilities_per_label(tiny_cpu_artifact: Path) -> None:

@@ -1,10 +1,9 @@
 """A tiny random-weight model built through the real code path, for tests and demos.
 
-2 layers, hidden 32, the real MiniLM tokenizer and vocabulary, the same artifact format and the
-same `compile` step as the trained model, in seconds. Its scores mean nothing; its shapes,
-files, manifest and runtime behaviour are exactly the real model's.
-`python -m streamer.model.tiny --out DIR` writes `DIR/tiny-multitask-v0` (trained format) and
-`DIR/tiny-multitask-v0-cpu` (compiled for the cpu target).
+2 layers, hidden 32, the real MiniLM tokenizer and vocabulary and the same artifact format as
+the trained model, in seconds. Its scores mean nothing; compiled with `python -m compile`
+like any trained artifact, its shapes, files, manifest and runtime behaviour are exactly the
+real model's. `python -m streamer.training.tiny --out DIR` writes `DIR/tiny-multitask-v0`.
 """
 
 from __future__ import annotations
@@ -57,24 +56,13 @@ def build_tiny_artifact(out_dir: Path, *, seed: int = 0) -> Path:
     )
 
 
-def build_tiny_cpu_artifact(trained_dir: Path, out_dir: Path) -> Path:
-    """Compile a tiny trained artifact for the cpu target with the built-in parity sample."""
-    from compile.cpu import compile_cpu
-    from compile.sample import builtin_sample
-
-    compile_cpu(Path(trained_dir), Path(out_dir), builtin_sample(), threads=1)
-    return Path(out_dir)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """CLI: write the tiny trained and cpu-compiled artifacts under --out."""
-    parser = argparse.ArgumentParser(prog="python -m streamer.model.tiny", description=__doc__)
+    """CLI: write the tiny trained artifact under --out."""
+    parser = argparse.ArgumentParser(prog="python -m streamer.training.tiny", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     trained = build_tiny_artifact(args.out / f"{TINY_NAME}-{TINY_VERSION}")
-    compiled = build_tiny_cpu_artifact(trained, args.out / f"{TINY_NAME}-{TINY_VERSION}-cpu")
     print(trained)
-    print(compiled)
     return 0
 
 

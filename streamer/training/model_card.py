@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.model.artifact import EVAL, MODEL_CARD, ModelMeta, read_meta
-from streamer.model.data import EXCLUDED_CLINC_INTENTS, HELP_CLINC_INTENTS, OTHER_CAP, PAIR_DATASETS
+from streamer.training.data import EXCLUDED_CLINC_INTENTS, HELP_CLINC_INTENTS, OTHER_CAP, PAIR_DATASETS
 
 # Published duplicate F1 on the same test splits (Ditto paper, Li et al. VLDB 2021, table 4).
 ANCHORS = {

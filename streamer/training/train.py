@@ -1,6 +1,6 @@
 """Fine-tune the multi-task model (intent + duplicate heads) on the shared data; write an artifact.
 
-`python -m streamer.model.train [--out artifacts/minilm-multitask-v1]`. Designed for a shared
+`python -m streamer.training.train [--out artifacts/minilm-multitask-v1]`. Designed for a shared
 2-core CPU in about 20-30 minutes: embeddings and the lowest layers are frozen, batches are
 length-grouped so padding costs little, and each epoch sees every positive pair but only a
 share of the (plentiful) negatives, so all negatives are seen once over the run.
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from streamer.model.artifact import ModelMeta, load_trained, save_trained
 from streamer.model.buckets import DEFAULT_BUCKETS
-from streamer.model.data import (
+from streamer.training.data import (
     DEFAULT_DATA_DIR,
     PAIR_DATASETS,
     IntentExample,
@@ -36,8 +36,8 @@ from streamer.model.data import (
     load_intent_split,
     load_pair_split,
 )
-from streamer.model.metrics import choose_threshold, duplicate_metrics, intent_metrics
-from streamer.model.model_card import render_model_card
+from streamer.training.metrics import choose_threshold, duplicate_metrics, intent_metrics
+from streamer.training.model_card import render_model_card
 from streamer.model.network import BACKBONE_NAME, MultiTaskBert, backbone_dir, build_pretrained
 from streamer.model.serialize import SERIALIZATION
 from streamer.model.tasks import Task
@@ -380,8 +380,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m streamer.model.train`."""
-    parser = argparse.ArgumentParser(prog="python -m streamer.model.train", description=__doc__)
+    """`python -m streamer.training.train`."""
+    parser = argparse.ArgumentParser(prog="python -m streamer.training.train", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
