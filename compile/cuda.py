@@ -92,7 +92,7 @@ def compile_cuda(
         k: v.detach().to(torch_dtype(dtype)).contiguous() for k, v in model.state_dict().items()
     }
     save_file(cast, str(out_dir / plan.weights_file), metadata={"dtype": dtype})
-    served, _ = load_trained(out_dir, weights=plan.weights_file)
+    served, _ = load_trained(out_dir, weights=plan.weights_file, keep_dtype=True)
     on_gpu = torch.cuda.is_available()
     forward = GraphForward(
         ServingModel(served), plan.shapes, "cuda" if on_gpu else "cpu", use_graphs=on_gpu

@@ -158,8 +158,14 @@ def save_trained(
     return out_dir
 
 
-def load_trained(artifact_dir: Path, weights: str = WEIGHTS) -> tuple[Any, ModelMeta]:
-    """Load an artifact's weights (default the fp32 file) into a MultiTaskBert in eval mode."""
+def load_trained(
+    artifact_dir: Path, weights: str = WEIGHTS, *, keep_dtype: bool = False
+) -> tuple[Any, ModelMeta]:
+    """Load an artifact's weights into a MultiTaskBert in eval mode.
+
+    Weights stored in fp16/bf16 (the shipped model, to keep the clone small) are widened to
+    fp32 for computation unless `keep_dtype` (the cuda backend serves its bf16 file as is).
+    """
     from safetensors.torch import load_file
     from transformers import BertConfig
 
@@ -175,6 +181,11 @@ def load_trained(artifact_dir: Path, weights: str = WEIGHTS) -> tuple[Any, Model
     except OSError as exc:
         raise ArtifactError(f"cannot read weights in {artifact_dir}: {exc}") from exc
     dtype = next(iter(state.values())).dtype
+    if not keep_dtype:
+        import torch
+
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        dtype = torch.float32
     model.to(dtype).load_state_dict(state, strict=True)
     model.eval()
     return model, meta

@@ -153,7 +153,7 @@ def _cuda_forward(
         raise BackendUnavailableError(
             f"{info['dtype']} needs CUDA compute capability >= {need}, this GPU has {have}"
         )
-    model, _ = load_trained(artifact_dir, weights=info["file"])
+    model, _ = load_trained(artifact_dir, weights=info["file"], keep_dtype=True)
     serving = ServingModel(model).to(torch_dtype(info["dtype"]))
     shapes = [tuple(s) for s in info["graphs"]]
     forward = GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))
