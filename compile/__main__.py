@@ -10,8 +10,8 @@ from pathlib import Path
 from compile.common import default_out_dir
 from compile.sample import builtin_sample, default_sample
 from streamer.model.artifact import ArtifactError
-from streamer.training.data import DEFAULT_DATA_DIR
 from streamer.model.manifest import TARGETS
+from streamer.training.data import DEFAULT_DATA_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from streamer.model.artifact import (
     ModelMeta,
 )
 from streamer.model.buckets import Buckets
+from streamer.model.hardware import cpu_description
 from streamer.model.manifest import MANIFEST
 from streamer.model.tasks import Task
 
@@ -86,5 +87,7 @@ def base_manifest(meta: ModelMeta, target: str, sample_source: str) -> dict[str,
             "host": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(),
             "torch": torch.__version__,
+            # int8 results depend on these (the loader re-checks parity where it serves).
+            "cpu": cpu_description(),
         },
     }

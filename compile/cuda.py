@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from compile.common import base_manifest, prepare_out_dir
-from compile.parity import compare, outputs, torch_forward
+from compile.parity import golden_batches, torch_forward
 from compile.sample import ParitySample
-from streamer.model.artifact import ModelMeta, encoder_for, load_trained
+from streamer.model.artifact import ModelMeta, load_trained
 from streamer.model.buckets import all_shapes
 from streamer.model.manifest import write_manifest
 from streamer.model.network import ServingModel
+from streamer.model.parity import GOLDEN_FILE, check, save_golden
+from streamer.model.tokenize import Encoder
 
 # Minimum compute capability per dtype: bf16 tensor cores arrived with Ampere (8.0).
 MIN_CAPABILITY = {"bfloat16": (8, 0), "float16": (7, 0), "float32": (6, 0)}
@@ -48,30 +50,6 @@ def plan_cuda(meta: ModelMeta, dtype: str = "bfloat16") -> CudaPlan:
     )
 
 
-def golden_batches(reference_model: Any, encoder: Any, sample: ParitySample) -> dict[str, Any]:
-    """A few encoded inputs with their fp32 outputs, re-checked by the runner after capture.
-
-    Parity at compile time may have run on a CPU stand-in; this lets the GPU that serves the
-    artifact prove its graphs reproduce the reference before the first real batch.
-    """
-    import numpy as np
-
-    golden: dict[str, Any] = {}
-    queries = encoder.encode_queries(sample.queries[:8])
-    pairs = encoder.encode_pairs(sample.lefts[:4], sample.rights[:4])
-    forward = torch_forward(reference_model)
-    for name, batch, head in (("intent", queries, 0), ("duplicate", pairs, 1)):
-        arrays = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        out = forward(*arrays)[head]
-        golden[name] = {
-            "input_ids": batch.input_ids.tolist(),
-            "attention_mask": batch.attention_mask.tolist(),
-            "token_type_ids": batch.token_type_ids.tolist(),
-            "expected": np.asarray(out, np.float32).tolist(),
-        }
-    return golden
-
-
 def compile_cuda(
     trained_dir: Path, out_dir: Path, sample: ParitySample, *, dtype: str = "bfloat16"
 ) -> dict[str, Any]:
@@ -85,8 +63,10 @@ def compile_cuda(
     plan = plan_cuda(meta, dtype)
     reference_model = ServingModel(model).eval()
     prepare_out_dir(trained_dir, out_dir)
-    encoder = encoder_for(out_dir)
-    reference = outputs(torch_forward(reference_model), encoder, meta, sample)
+    golden = golden_batches(
+        torch_forward(reference_model), Encoder.from_artifact(out_dir), meta, sample
+    )
+    save_golden(out_dir / GOLDEN_FILE, golden)
 
     cast = {
         k: v.detach().to(torch_dtype(dtype)).contiguous() for k, v in model.state_dict().items()
@@ -97,14 +77,14 @@ def compile_cuda(
     forward = GraphForward(
         ServingModel(served), plan.shapes, "cuda" if on_gpu else "cpu", use_graphs=on_gpu
     )
-    parity = compare(reference, outputs(forward, encoder, meta, sample), meta.duplicate_threshold)
+    parity = check(forward, golden, meta.duplicate_threshold)
     parity["measured_on"] = (
         f"{torch.cuda.get_device_name()} with CUDA graphs"
         if on_gpu
         else f"CPU in {dtype} without graphs (no CUDA device at compile time; kernels unverified)"
     )
     manifest = base_manifest(meta, "cuda", sample.source)
-    manifest["golden"] = golden_batches(reference_model, encoder, sample)
+    manifest["golden"] = GOLDEN_FILE
     manifest["variants"] = {
         dtype: {
             "file": plan.weights_file,

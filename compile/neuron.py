@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from compile.common import base_manifest, prepare_out_dir
-from compile.parity import compare, outputs, torch_forward
+from compile.parity import golden_batches, torch_forward
 from compile.sample import ParitySample
-from streamer.model.artifact import encoder_for, load_trained
+from streamer.model.artifact import load_trained
 from streamer.model.backend_neuron import NeuronForward, bucket_file, import_neuron
 from streamer.model.buckets import all_shapes, pad_to_shape
 from streamer.model.manifest import write_manifest
 from streamer.model.network import ServingModel
+from streamer.model.parity import GOLDEN_FILE, check, save_golden
+from streamer.model.tokenize import Encoder
 from streamer.model.vocab import CLS_ID, SEP_ID
 
 # inf1: matmuls in bf16 with fp32 accumulation (`--fp32-cast=all` casts every fp32 op), no
@@ -60,19 +62,21 @@ def compile_neuron(
         traced = neuron.trace(serving, example_inputs=example, compiler_args=COMPILER_ARGS[target])
         torch.jit.save(traced, str(out_dir / bucket_file(batch, seq_len)))
         files.append(bucket_file(batch, seq_len))
-    encoder = encoder_for(out_dir)
-    reference = outputs(torch_forward(serving), encoder, meta, sample)
-    candidate = outputs(NeuronForward(out_dir, target, shapes), encoder, meta, sample)
+    golden = golden_batches(torch_forward(serving), Encoder.from_artifact(out_dir), meta, sample)
+    save_golden(out_dir / GOLDEN_FILE, golden)
     manifest = base_manifest(meta, target, sample.source)
     manifest["variants"] = {
         "bf16-cast": {
             "files": files,
             "graphs": [list(s) for s in shapes],
             "compiler_args": COMPILER_ARGS[target],
-            "parity": compare(reference, candidate, meta.duplicate_threshold),
+            "parity": check(
+                NeuronForward(out_dir, target, shapes), golden, meta.duplicate_threshold
+            ),
         }
     }
     manifest["default_variant"] = "bf16-cast"
+    manifest["golden"] = GOLDEN_FILE
     manifest["hardware"] = {
         "requires": "inf1 NeuronCore (torch-neuron)"
         if target == "neuron"

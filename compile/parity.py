@@ -1,12 +1,14 @@
-"""Parity of a compiled variant against the fp32 PyTorch reference on the fixed sample.
+"""The parity sample as serving batches, with the fp32 PyTorch reference's outputs.
 
 Both sides see exactly the serving inputs: the sample is encoded by the artifact's Encoder and
-padded to batch and sequence buckets, as the service will do.
+padded to batch and sequence buckets, as the service will do. The batches and reference outputs
+are stored in the artifact (`golden.npz`); every variant, here and on the serving machine, is
+judged by `streamer.model.parity.check` on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,14 +16,9 @@ import numpy as np
 from compile.sample import ParitySample
 from streamer.model.artifact import ModelMeta
 from streamer.model.buckets import choose_batch
-from streamer.model.manifest import MIN_AGREEMENT
+from streamer.model.parity import Forward, GoldenBatch
 from streamer.model.tasks import Task
 from streamer.model.tokenize import EncodedBatch, Encoder
-
-TIE_EPS = 1e-5
-
-# (input_ids, attention_mask, token_type_ids) int32 (B, L) -> (intent probs (B, K), dup (B, 1))
-Forward = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def bucketed_batches(
@@ -41,47 +38,17 @@ def bucketed_batches(
         yield batch.pad_rows(choose_batch(meta.buckets[task], real)), real
 
 
-def outputs(
-    forward: Forward, encoder: Encoder, meta: ModelMeta, sample: ParitySample
-) -> tuple[np.ndarray, np.ndarray]:
-    """Intent probabilities on the sample's queries and duplicate scores on its pairs."""
-    intent, dup = [], []
-    for batch, real in bucketed_batches(encoder, meta, sample, Task.INTENT):
-        intent.append(
-            forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)[0][:real]
-        )
-    for batch, real in bucketed_batches(encoder, meta, sample, Task.DUPLICATE):
-        dup.append(forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)[1][:real])
-    return np.concatenate(intent).astype(np.float32), np.concatenate(dup).astype(np.float32)
-
-
-def compare(
-    reference: tuple[np.ndarray, np.ndarray],
-    candidate: tuple[np.ndarray, np.ndarray],
-    threshold: float,
-    *,
-    min_agreement: float = MIN_AGREEMENT,
-) -> dict[str, Any]:
-    """Max abs differences, label and decision agreement, and whether the floor is met."""
-    ref_i, ref_d = reference
-    cand_i, cand_d = candidate
-    label_agree = float(np.mean(ref_i.argmax(-1) == cand_i.argmax(-1)))
-    # A reference score on the threshold itself (float precision) has no stable decision: the
-    # threshold is a valid-split score, so the sample can hold the very pair that defines it.
-    ties = np.abs(ref_d - threshold) < TIE_EPS
-    same = ((ref_d >= threshold) == (cand_d >= threshold)) | ties
-    decision_agree = float(np.mean(same))
-    return {
-        "queries": len(ref_i),
-        "pairs": len(ref_d),
-        "intent_max_abs_diff": float(np.max(np.abs(ref_i - cand_i))),
-        "intent_label_agreement": label_agree,
-        "duplicate_max_abs_diff": float(np.max(np.abs(ref_d - cand_d))),
-        "duplicate_decision_agreement": decision_agree,
-        "duplicate_ties_at_threshold": int(ties.sum()),
-        "min_agreement": min_agreement,
-        "passed": bool(label_agree >= min_agreement and decision_agree >= min_agreement),
-    }
+def golden_batches(
+    reference: Forward, encoder: Encoder, meta: ModelMeta, sample: ParitySample
+) -> list[GoldenBatch]:
+    """Every serving batch of the sample with the reference's outputs on its real rows."""
+    out = []
+    for task in (Task.INTENT, Task.DUPLICATE):
+        for batch, real in bucketed_batches(encoder, meta, sample, task):
+            arrays = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            expected = reference(*arrays)[0 if task == Task.INTENT else 1][:real]
+            out.append(GoldenBatch(task, *arrays, expected=np.asarray(expected, np.float32)))
+    return out
 
 
 def torch_forward(serving_model: Any) -> Forward:

@@ -9,8 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.training.data import DEFAULT_DATA_DIR, PAIR_DATASETS, load_intent_split, load_pair_split
 from streamer.model.serialize import serialize_product
+from streamer.training.data import (
+    DEFAULT_DATA_DIR,
+    PAIR_DATASETS,
+    load_intent_split,
+    load_pair_split,
+)
 
 
 @dataclass(frozen=True)

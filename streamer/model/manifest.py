@@ -16,8 +16,6 @@ from streamer.model.artifact import ArtifactError, sha256_file
 MANIFEST = "manifest.json"
 SERVING_FORMAT = "streamer-serving-v1"
 TARGETS = ("cpu", "cuda", "neuron", "neuronx")
-# Parity floor for reduced-precision variants (intent labels and duplicate decisions).
-MIN_AGREEMENT = 0.99
 
 
 def file_checksums(artifact_dir: Path) -> dict[str, str]:

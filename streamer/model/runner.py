@@ -1,13 +1,14 @@
 """Runtime loader: a compiled serving artifact -> a `Runner` with one `run` method.
 
 `load_runner` verifies the manifest (checksums of every file, parity, target vs this host)
-before it loads anything, and fails with `ArtifactError` (or its subclass
-`BackendUnavailableError`) saying what is wrong and what to do.
+before it loads anything, then re-checks the chosen variant on this machine against the
+artifact's golden outputs (`streamer.model.parity`): a default int8 variant that misses the
+floor here is replaced by the manifest's fallback (fp32), and the runner says why. It fails with
+`ArtifactError` (or its subclass `BackendUnavailableError`) saying what is wrong and what to do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,10 @@ import numpy as np
 
 from streamer.model.artifact import ArtifactError, BackendUnavailableError
 from streamer.model.buckets import Buckets, all_shapes
+from streamer.model.hardware import cpu_description, flags_line
 from streamer.model.manifest import read_manifest, verify_checksums
+from streamer.model.parity import Forward, check, load_golden, summary
 from streamer.model.tasks import Task
-
-Forward = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,21 @@ class RunnerManifest:
 class Runner:
     """Scores padded int32 token batches for either head of a compiled model."""
 
-    def __init__(self, manifest: RunnerManifest, forward: Forward) -> None:
+    def __init__(self, manifest: RunnerManifest, forward: Forward, selection: str = "") -> None:
         self.manifest = manifest
+        self.selection = selection  # why this variant serves (the start-up parity verdict)
         self._forward = forward
+
+    def describe(self) -> dict[str, str]:
+        """Identity of what serves: model, version, target, variant and why (JSON-safe)."""
+        m = self.manifest
+        return {
+            "model": m.name,
+            "version": m.version,
+            "target": m.target,
+            "variant": m.variant,
+            "selection": self.selection,
+        }
 
     def run(
         self,
@@ -101,40 +114,7 @@ def check_parity(manifest: dict[str, Any], variant: str, force: bool) -> None:
     )
 
 
-GOLDEN_MAX_ABS_DIFF = 0.05
-
-
-def check_golden(forward: Forward, golden: dict[str, Any], threshold: float) -> dict[str, float]:
-    """Re-run the manifest's golden inputs; raise ArtifactError if labels or decisions differ.
-
-    Returns the max abs differences seen, for logging.
-    """
-    diffs = {}
-    for name, head in (("intent", 0), ("duplicate", 1)):
-        case = golden[name]
-        arrays = [
-            np.asarray(case[k], np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")
-        ]
-        expected = np.asarray(case["expected"], np.float32)
-        got = forward(*arrays)[head]
-        diff = float(np.max(np.abs(got - expected)))
-        same = (
-            np.array_equal(got.argmax(-1), expected.argmax(-1))
-            if name == "intent"
-            else np.array_equal(got >= threshold, expected >= threshold)
-        )
-        if not same or diff > GOLDEN_MAX_ABS_DIFF:
-            raise ArtifactError(
-                f"the {name} head on this device disagrees with the fp32 reference on the "
-                f"manifest's golden inputs (max abs diff {diff:.4f}, same decisions: {same})"
-            )
-        diffs[name] = diff
-    return diffs
-
-
-def _cuda_forward(
-    artifact_dir: Path, manifest: dict[str, Any], variant: str, force: bool
-) -> Forward:
+def _cuda_forward(artifact_dir: Path, manifest: dict[str, Any], variant: str) -> Forward:
     import torch
 
     from streamer.model.artifact import load_trained
@@ -156,32 +136,15 @@ def _cuda_forward(
     model, _ = load_trained(artifact_dir, weights=info["file"], keep_dtype=True)
     serving = ServingModel(model).to(torch_dtype(info["dtype"]))
     shapes = [tuple(s) for s in info["graphs"]]
-    forward = GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))
-    if "golden" in manifest and not force:
-        check_golden(forward, manifest["golden"], float(manifest["duplicate_threshold"]))
-    return forward
+    return GraphForward(serving, shapes, "cuda", use_graphs=info.get("cuda_graphs", True))
 
 
-def load_runner(
-    artifact_dir: str | Path,
-    *,
-    threads: int | None = None,
-    force: bool = False,
-    variant: str | None = None,
-) -> Runner:
-    """Verify and load a compiled artifact; `threads` bounds the CPU backend's intra-op pool."""
-    artifact_dir = Path(artifact_dir)
-    manifest = read_manifest(artifact_dir)
-    verify_checksums(artifact_dir, manifest)
-    variant = variant or manifest["default_variant"]
-    if variant not in manifest["variants"]:
-        raise ArtifactError(
-            f"{artifact_dir} has no variant {variant!r}: {list(manifest['variants'])}"
-        )
-    check_parity(manifest, variant, force)
+def _forward_for(
+    artifact_dir: Path, manifest: dict[str, Any], variant: str, threads: int | None
+) -> Forward:
+    """The backend's forward for one variant of the artifact."""
     info = manifest["variants"][variant]
     target = manifest["target"]
-    forward: Forward
     if target == "cpu":
         try:
             import onnxruntime  # noqa: F401
@@ -191,12 +154,63 @@ def load_runner(
             ) from exc
         from streamer.model.backend_ort import OrtForward
 
-        forward = OrtForward(artifact_dir / info["file"], threads)
-    elif target == "cuda":
-        forward = _cuda_forward(artifact_dir, manifest, variant, force)
-    else:
-        from streamer.model.backend_neuron import NeuronForward
+        return OrtForward(artifact_dir / info["file"], threads)
+    if target == "cuda":
+        return _cuda_forward(artifact_dir, manifest, variant)
+    from streamer.model.backend_neuron import NeuronForward
 
-        meta = RunnerManifest.from_manifest(manifest, variant)
-        forward = NeuronForward(artifact_dir, target, all_shapes(meta.buckets))
-    return Runner(RunnerManifest.from_manifest(manifest, variant), forward)
+    meta = RunnerManifest.from_manifest(manifest, variant)
+    return NeuronForward(artifact_dir, target, all_shapes(meta.buckets))
+
+
+def load_runner(
+    artifact_dir: str | Path,
+    *,
+    threads: int | None = None,
+    force: bool = False,
+    variant: str | None = None,
+) -> Runner:
+    """Verify and load a compiled artifact, checking its parity on this machine.
+
+    `variant=None` serves the manifest's default if it meets the parity floor here, else the
+    manifest's fallback variant (checked too). An explicitly requested variant that misses the
+    floor (at compile time or here) is refused. `force` loads the variant without either check.
+    `threads` bounds the CPU backend's intra-op pool.
+    """
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    verify_checksums(artifact_dir, manifest)
+    candidates = [variant or manifest["default_variant"]]
+    fallback = manifest.get("fallback_variant")
+    if variant is None and fallback and fallback not in candidates:
+        candidates.append(fallback)
+    for name in candidates:
+        if name not in manifest["variants"]:
+            raise ArtifactError(
+                f"{artifact_dir} has no variant {name!r}: {list(manifest['variants'])}"
+            )
+    golden = load_golden(artifact_dir / manifest["golden"]) if manifest.get("golden") else None
+    threshold = float(manifest["duplicate_threshold"])
+    misses: list[str] = []
+    for name in candidates:
+        if force:
+            forward = _forward_for(artifact_dir, manifest, name, threads)
+            return Runner(RunnerManifest.from_manifest(manifest, name), forward, "forced")
+        check_parity(manifest, name, force)
+        forward = _forward_for(artifact_dir, manifest, name, threads)
+        if golden is None:
+            return Runner(RunnerManifest.from_manifest(manifest, name), forward, "no golden set")
+        report = check(forward, golden, threshold)
+        if report["passed"]:
+            verdict = f"{name} met the parity floor on this machine: {summary(report)}"
+            return Runner(
+                RunnerManifest.from_manifest(manifest, name), forward, "; ".join([*misses, verdict])
+            )
+        misses.append(
+            f"{name} missed the parity floor on this machine "
+            f"({flags_line(cpu_description())}): {summary(report)}"
+        )
+    raise ArtifactError(
+        f"{artifact_dir}: no variant meets parity here: {'; '.join(misses)} "
+        "(recompile on this machine, or pass force=True to load it anyway)"
+    )

@@ -41,7 +41,7 @@ from streamer.pipeline.executor_errors import (
 )
 from streamer.pipeline.shm_ring import RingGeometry, SlotState, time_ns
 from streamer.pipeline.supervisor import RestartPolicy, Seat, SeatState, Supervisor
-from streamer.pipeline.worker import RunnerSpec, load_runner
+from streamer.pipeline.worker import RunnerSpec, build_runner, runner_identity
 
 __all__ = [
     "Executor",
@@ -92,6 +92,11 @@ class Executor(Protocol):
     @property
     def parallelism(self) -> int:
         """Batches that actually run at the same time (one per worker); the rest queue."""
+        ...
+
+    @property
+    def runner_info(self) -> dict[str, Any]:
+        """What the runners serve (model, version, target, variant, why), once started."""
         ...
 
 
@@ -146,12 +151,17 @@ class InProcessExecutor:
         """One runner thread."""
         return 1
 
+    @property
+    def runner_info(self) -> dict[str, Any]:
+        """What the runner says it serves."""
+        return runner_identity(self._runner) if self._runner is not None else {}
+
     async def start(self) -> None:
         """Build the runner on the runner thread (loading can take seconds)."""
         loop = asyncio.get_running_loop()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamer-runner")
         try:
-            self._runner = await loop.run_in_executor(self._pool, load_runner, self.spec)
+            self._runner = await loop.run_in_executor(self._pool, build_runner, self.spec)
         except Exception as exc:
             self._pool.shutdown(wait=False)
             self._pool = None
@@ -308,6 +318,13 @@ class MultiprocExecutor:
     def restarts(self) -> int:
         """Worker restarts so far (exported as a metric)."""
         return self._sup.restarts if self._sup is not None else self._restarts_at_close
+
+    @property
+    def runner_info(self) -> dict[str, Any]:
+        """What the ready workers' runners serve (all load the same spec on one machine)."""
+        if self._sup is None:
+            return {}
+        return next((dict(s.runner_info) for s in self._sup.seats if s.runner_info), {})
 
     def worker_pids(self) -> list[int | None]:
         """Current pid per worker index (None while restarting); for operators and tests."""

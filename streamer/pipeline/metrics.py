@@ -106,6 +106,21 @@ class Metrics:
         self.produce_errors = Counter(
             "streamer_produce_errors_total", "Failed sends that were retried.", registry=r
         )
+        self.model_info = Gauge(
+            "streamer_model_info",
+            "1 for the model the workers serve: the variant is what the start-up parity check "
+            "chose on this machine (fp32 where int8 missed the floor here).",
+            ["model", "version", "target", "variant"],
+            registry=r,
+        )
+
+    def set_model(self, info: dict[str, str]) -> None:
+        """Export what the runners serve as `streamer_model_info{...} 1`."""
+        self.model_info.clear()
+        self.model_info.labels(
+            info.get("model", ""), info.get("version", ""), info.get("target", ""),
+            info.get("variant", ""),
+        ).set(1)  # fmt: skip
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -138,6 +138,16 @@ class Service:
         """Start executor, clients and HTTP endpoint; fail fast with a clear reason."""
         s = self.settings
         await self.executor.start()
+        served = self.executor.runner_info
+        self.metrics.set_model(served)
+        # One clear line: which variant serves here and why (a fallback is a warning).
+        log.log(
+            logging.WARNING if "missed" in served.get("selection", "") else logging.INFO,
+            "serving %s-%s %s/%s: %s",
+            served.get("model"), served.get("version"), served.get("target"),
+            served.get("variant"), served.get("selection"),
+            extra={"event": "model", "served": served},
+        )  # fmt: skip
         common = {"bootstrap_servers": s.bootstrap_servers, "client_id": s.client_id}
         common.update(s.kafka_security())
         self._producer = AIOKafkaProducer(

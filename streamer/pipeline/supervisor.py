@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamer.pipeline.executor_errors import WorkerStartError
 from streamer.pipeline.shm_ring import RingGeometry, WorkerRing, time_ns
@@ -186,6 +187,7 @@ class Seat:
     started_ns: int = 0
     last_error: str = ""
     kill_reason: str = ""
+    runner_info: dict[str, Any] = field(default_factory=dict)  # the worker's ready report
     restart_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -369,7 +371,9 @@ class Supervisor:
             message = b""  # died before reporting; the sentinel tells the rest
         if seat.process is not wp:
             return
-        if message == READY:
+        if message.startswith(READY):
+            with contextlib.suppress(ValueError):
+                seat.runner_info = json.loads(message[len(READY) :] or b"{}")
             seat.state = SeatState.READY
             self._loop.add_reader(wp.done_fd, self._events.on_done, seat)
             log.info("worker %d ready (pid %s, generation %d)", seat.index, wp.pid, seat.generation)

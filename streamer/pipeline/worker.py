@@ -5,7 +5,8 @@ Lifecycle (vLLM's multiproc worker is the model):
 1. Spawned (never forked: the parent runs an event loop and threads) with the thread
    environment already in place, so torch / onnxruntime read it at import.
 2. Attaches its segment (`shm_ring`), builds the runner, then reports on the ready pipe:
-   ``b"R"`` or ``b"E" + traceback`` (the parent's `start()` raises with that text).
+   ``b"R" + JSON`` (what the runner serves: `describe()`, e.g. the variant the start-up
+   parity check chose) or ``b"E" + traceback`` (the parent's `start()` raises with that text).
 3. Loops: block on the wake-up pipe -> slot index -> run -> scores into the slot ->
    slot index onto the completion pipe. Heartbeat = progress stamp at pickup and finish.
 4. Exits when the wake-up pipe reaches EOF (the parent closed it or died), or when the
@@ -15,6 +16,7 @@ Lifecycle (vLLM's multiproc worker is the model):
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import sys
@@ -41,7 +43,13 @@ class RunnerSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def load_runner(spec: RunnerSpec) -> Any:
+def runner_identity(runner: Any) -> dict[str, Any]:
+    """What the runner says it serves (`describe()`), or {} for runners that do not say."""
+    describe = getattr(runner, "describe", None)
+    return dict(describe()) if callable(describe) else {}
+
+
+def build_runner(spec: RunnerSpec) -> Any:
     """Import `spec.factory` and call it with `spec.kwargs`; the result has `.run(...)`."""
     module_name, sep, attr = spec.factory.partition(":")
     if not sep or not module_name or not attr:
@@ -95,13 +103,14 @@ def worker_main(
     ring.set_worker_pid(os.getpid())
     ring.beat()
     try:
-        runner = load_runner(args.spec)
+        runner = build_runner(args.spec)
+        identity = json.dumps(runner_identity(runner)).encode()
     except BaseException:
         ready_w.send_bytes(LOAD_ERROR + traceback.format_exc().encode("utf-8", "replace"))
         ready_w.close()
         ring.close()
         sys.exit(1)
-    ready_w.send_bytes(READY)
+    ready_w.send_bytes(READY + identity)
     ready_w.close()
     try:
         serve(ring, runner, wake_r.fileno(), done_w.fileno())

@@ -18,6 +18,8 @@ from streamer.model.buckets import DEFAULT_BUCKETS
 TINY_NAME = "tiny-multitask"
 TINY_VERSION = "v0"
 TINY_LABELS = ("help", "media", "other", "product")
+HEAD_SCALE = 12.0
+DUPLICATE_BIAS = 2.0  # puts the scaled duplicate scores on both sides of the 0.5 threshold
 
 
 def build_tiny_artifact(out_dir: Path, *, seed: int = 0) -> Path:
@@ -42,6 +44,16 @@ def build_tiny_artifact(out_dir: Path, *, seed: int = 0) -> Path:
     )
     config._attn_implementation = "sdpa"
     model = MultiTaskBert(config, len(TINY_LABELS)).eval()
+    with torch.no_grad():
+        # Decisive heads: default-initialised heads give near-uniform probabilities, i.e.
+        # labels that any rounding flips. Scaled, most rows have a clear winner and duplicate
+        # scores far from the threshold, so tests can compare variants on non-coin-flip rows.
+        intent_out, duplicate_out = model.intent_head[-1], model.duplicate_head[-1]
+        assert isinstance(intent_out, torch.nn.Linear)
+        assert isinstance(duplicate_out, torch.nn.Linear)
+        intent_out.weight.mul_(HEAD_SCALE)
+        duplicate_out.weight.mul_(HEAD_SCALE)
+        duplicate_out.bias.fill_(DUPLICATE_BIAS)
     meta = ModelMeta(
         name=TINY_NAME,
         version=TINY_VERSION,

@@ -11,7 +11,6 @@ import torch
 from compile.cuda import compile_cuda, plan_cuda
 from compile.sample import builtin_sample
 from streamer.model.artifact import (
-    ArtifactError,
     BackendUnavailableError,
     encoder_for,
     load_trained,
@@ -21,7 +20,8 @@ from streamer.model.backend_cuda import GraphForward, torch_dtype
 from streamer.model.buckets import DEFAULT_BUCKETS
 from streamer.model.manifest import read_manifest, verify_checksums
 from streamer.model.network import ServingModel
-from streamer.model.runner import GOLDEN_MAX_ABS_DIFF, check_golden, load_runner
+from streamer.model.parity import check, load_golden
+from streamer.model.runner import load_runner
 from streamer.model.tasks import Task
 
 
@@ -75,7 +75,7 @@ def test_cuda_artifact_is_written_with_bf16_weights(tiny_artifact: Path, tmp_pat
     info = manifest["variants"]["bfloat16"]
     assert info["cuda_graphs"] and info["min_capability"] == [8, 0]
     assert len(info["graphs"]) == len(set(map(tuple, info["graphs"])))
-    served, _ = load_trained(out, weights=info["file"])
+    served, _ = load_trained(out, weights=info["file"], keep_dtype=True)
     assert next(served.parameters()).dtype == torch.bfloat16
     parity = info["parity"]
     if not torch.cuda.is_available():
@@ -89,20 +89,21 @@ def test_golden_inputs_pass_on_the_stand_in_and_catch_a_wrong_model(
 ) -> None:
     out = tmp_path / "tiny-cuda"
     manifest = compile_cuda(tiny_artifact, out, builtin_sample(), dtype="bfloat16")
-    golden = manifest["golden"]
-    assert len(golden["intent"]["input_ids"]) == 8 and len(golden["duplicate"]["input_ids"]) == 4
+    golden = load_golden(out / manifest["golden"])
+    sample = builtin_sample()
+    assert sum(b.rows for b in golden if b.task == Task.INTENT) == len(sample.queries)
     info = manifest["variants"]["bfloat16"]
-    served, _ = load_trained(out, weights=info["file"])
+    served, _ = load_trained(out, weights=info["file"], keep_dtype=True)
     shapes = [tuple(s) for s in info["graphs"]]
     forward = GraphForward(ServingModel(served), shapes, "cpu", use_graphs=False)
-    diffs = check_golden(forward, golden, manifest["duplicate_threshold"])
-    assert diffs["intent"] < GOLDEN_MAX_ABS_DIFF
+    threshold = manifest["duplicate_threshold"]
+    # The same verdict compile stored (same inputs, same stand-in forward).
+    assert check(forward, golden, threshold)["passed"] == info["parity"]["passed"]
     # A model with other weights must be caught before it serves.
     with torch.no_grad():
         for p in served.intent_head.parameters():
             p.mul_(-3.0)
-    with pytest.raises(ArtifactError, match="disagrees with the fp32 reference"):
-        check_golden(forward, golden, manifest["duplicate_threshold"])
+    assert not check(forward, golden, threshold)["passed"]
 
 
 def test_runner_refuses_cuda_artifact_without_a_gpu(tiny_artifact: Path, tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ def test_manifest_has_the_contract_fields(tiny_cpu_artifact: Path) -> None:
     assert "token lengths" in m["bucket_rationale"]
     assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert {i["dtype"] for i in m["inputs"]} == {"int32"}
-    assert set(m["variants"]) == {"int8", "fp32"} and m["default_variant"] == "int8"
+    assert set(m["variants"]) == {"int8", "fp32"}
+    # int8 is the default where it met the floor on the compile machine (kernels differ by CPU).
+    assert m["default_variant"] == ("int8" if m["variants"]["int8"]["parity"]["passed"] else "fp32")
     for info in m["variants"].values():
         for key in (
             "intent_max_abs_diff",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.training.data import clinc_label, hash_split, queryner_label
 from streamer.model.serialize import parse_ditto_record, serialize_product
+from streamer.training.data import clinc_label, hash_split, queryner_label
 
 RECORD = "COL title VAL sumdex slr camera sling pack COL category VAL mp3 accessories COL brand VAL sumdex COL modelno VAL 144952 COL price VAL 39.99 "
 

@@ -36,7 +36,8 @@ def test_duplicate_returns_one_probability(tiny_cpu_artifact: Path) -> None:
 def test_manifest_exposes_labels_buckets_threshold_identity(tiny_cpu_artifact: Path) -> None:
     m = load_runner(tiny_cpu_artifact, threads=1).manifest
     assert m.labels == TINY_LABELS
-    assert (m.name, m.version, m.target, m.variant) == (TINY_NAME, TINY_VERSION, "cpu", "int8")
+    assert (m.name, m.version, m.target) == (TINY_NAME, TINY_VERSION, "cpu")
+    assert m.variant in ("int8", "fp32")
     assert m.buckets[Task.INTENT].seq_lens == (16, 32)
     assert 0.0 < m.duplicate_threshold < 1.0
 
@@ -53,12 +54,12 @@ def test_int64_inputs_are_accepted_and_shapes_checked(tiny_cpu_artifact: Path) -
         runner.run(Task.INTENT, ids[0], mask[0], ids[0])
 
 
-def test_fp32_variant_matches_int8_labels_closely(tiny_cpu_artifact: Path) -> None:
+def test_both_variants_load_and_run(tiny_cpu_artifact: Path) -> None:
     batch = encoder_for(tiny_cpu_artifact).encode_queries(["tv", "refund my order", "a book"])
     args = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
     fp32 = load_runner(tiny_cpu_artifact, variant="fp32").run(Task.INTENT, *args)
-    int8 = load_runner(tiny_cpu_artifact).run(Task.INTENT, *args)
-    assert np.abs(fp32 - int8).max() < 0.1
+    int8 = load_runner(tiny_cpu_artifact, variant="int8", force=True).run(Task.INTENT, *args)
+    assert fp32.shape == int8.shape and np.isfinite(int8).all()
 
 
 def test_not_a_compiled_artifact_is_refused(tiny_artifact: Path) -> None:
@@ -77,9 +78,12 @@ def test_failed_parity_is_refused_unless_forced(tiny_cpu_artifact: Path, copy_ar
     manifest["variants"]["int8"]["parity"]["passed"] = False
     manifest["variants"]["int8"]["parity"]["intent_label_agreement"] = 0.9
     write_manifest(art, manifest)
+    manifest["default_variant"] = "fp32"
+    write_manifest(art, manifest)
     with pytest.raises(ArtifactError, match=r"did not meet parity.*variant='fp32'"):
-        load_runner(art)
-    assert load_runner(art, force=True).manifest.variant == "int8"
+        load_runner(art, variant="int8")
+    assert load_runner(art, variant="int8", force=True).manifest.variant == "int8"
+    assert load_runner(art).manifest.variant == "fp32"
     assert load_runner(art, variant="fp32").manifest.variant == "fp32"
 
 
@@ -100,3 +104,76 @@ def test_neuron_manifest_on_this_host_fails_clearly(tiny_cpu_artifact: Path, cop
         match="torch-neuron is not installed; install from the AWS Neuron repository",
     ):
         load_runner(art)
+
+
+@pytest.fixture(scope="module")
+def wrong_int8_artifact(tiny_cpu_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny artifact whose int8 file is another model: it misses parity on any machine."""
+    import shutil
+
+    from compile.cpu import INT8_FILE, export_onnx
+    from streamer.model.artifact import load_trained
+    from streamer.model.network import ServingModel
+    from streamer.training.tiny import build_tiny_artifact
+
+    root = tmp_path_factory.mktemp("wrong-int8")
+    other, _ = load_trained(build_tiny_artifact(root / "other", seed=1))
+    art = root / tiny_cpu_artifact.name
+    shutil.copytree(tiny_cpu_artifact, art)
+    export_onnx(ServingModel(other).eval(), art / INT8_FILE)
+    manifest = read_manifest(art)
+    manifest["default_variant"] = "int8"  # as compiled on a machine where int8 passed
+    manifest["variants"]["int8"]["parity"]["passed"] = True
+    write_manifest(art, manifest)
+    return art
+
+
+def test_startup_check_serves_fp32_where_int8_misses_parity_here(wrong_int8_artifact: Path) -> None:
+    runner = load_runner(wrong_int8_artifact, threads=1)
+    assert runner.manifest.variant == "fp32"
+    assert "int8 missed the parity floor on this machine" in runner.selection
+    assert "fp32 met the parity floor on this machine" in runner.selection
+    assert runner.describe()["variant"] == "fp32"
+
+
+def test_startup_check_refuses_an_explicit_variant_that_misses_here(
+    wrong_int8_artifact: Path,
+) -> None:
+    with pytest.raises(ArtifactError, match="int8 missed the parity floor on this machine"):
+        load_runner(wrong_int8_artifact, variant="int8", threads=1)
+    forced = load_runner(wrong_int8_artifact, variant="int8", force=True, threads=1)
+    assert forced.manifest.variant == "int8" and forced.selection == "forced"
+
+
+def test_startup_check_keeps_a_variant_that_passes_here(tiny_cpu_artifact: Path) -> None:
+    runner = load_runner(tiny_cpu_artifact, variant="fp32", threads=1)
+    assert runner.selection.startswith("fp32 met the parity floor on this machine")
+
+
+def test_startup_verdict_reaches_the_service_metric(wrong_int8_artifact: Path) -> None:
+    import asyncio
+
+    from streamer.pipeline.executor import InProcessExecutor, RunnerSpec
+    from streamer.pipeline.metrics import Metrics
+
+    async def served() -> dict[str, str]:
+        executor = InProcessExecutor(
+            RunnerSpec(
+                "streamer.model.runner:load_runner",
+                {"artifact_dir": str(wrong_int8_artifact), "threads": 1},
+            )
+        )
+        await executor.start()
+        try:
+            return executor.runner_info
+        finally:
+            await executor.close()
+
+    info = asyncio.run(served())
+    metrics = Metrics()
+    metrics.set_model(info)
+    text = metrics.render().decode()
+    assert (
+        'streamer_model_info{model="tiny-multitask",target="cpu",variant="fp32",version="v0"} 1.0'
+        in text
+    )
