@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,28 @@ PAIR_DATASETS = ("Walmart-Amazon", "Abt-Buy", "Amazon-Google")
 _ASIN_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+_said_sample = False
+
+
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """Where the shared data sets live: argument, else STREAMER_DATA_DIR, else ../shared/data."""
+    """Where the data sets live: argument, else STREAMER_DATA_DIR, else ../shared/data.
+
+    A clone without ../shared/data gets the bundled sample (`sample_data/`, same layout).
+    """
+    global _said_sample
     if override:
         return Path(override)
     env = os.environ.get("STREAMER_DATA_DIR")
     if env:
         return Path(env)
-    return (REPO_ROOT / ".." / "shared" / "data").resolve()
+    shared = (REPO_ROOT / ".." / "shared" / "data").resolve()
+    if (shared / "ditto-er-magellan").is_dir():
+        return shared
+    if not _said_sample:
+        _said_sample = True
+        print(f"{shared} not found: using the bundled sample {SAMPLE_DATA_DIR}", file=sys.stderr)
+    return SAMPLE_DATA_DIR
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +143,8 @@ def load_pairs(
     for dataset in PAIR_DATASETS:
         for split in splits:
             path = base / dataset / f"{split}.txt"
+            if not path.exists() and split != splits[0]:
+                continue  # the bundled sample has the first split only
             with path.open(encoding="utf-8") as fh:
                 pairs.extend(parse_ditto_line(line) for line in fh if line.strip())
     return pairs
@@ -139,6 +156,8 @@ def load_shopping_queries(root: str | os.PathLike[str] | None = None) -> list[st
     queries: list[str] = []
     for split in ("train", "validation", "test"):
         path = base / "queryner-esci" / "text-and-tags" / f"{split}.json"
+        if not path.exists() and base == SAMPLE_DATA_DIR:
+            continue  # not in the bundled sample (see its README)
         with path.open(encoding="utf-8") as fh:
             queries.extend(" ".join(ex["tokens"]) for ex in json.load(fh)["examples"])
     with (base / "wands" / "query.csv").open(encoding="utf-8", newline="") as fh:

@@ -75,7 +75,22 @@ def test_data_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert data.data_dir("/elsewhere") == Path("/elsewhere")
 
 
-@pytest.mark.skipif(not (data.data_dir() / "wands").is_dir(), reason="shared data not present")
+def test_bundled_sample_is_the_fallback_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMER_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "REPO_ROOT", Path("/nonexistent/clone"))
+    assert data.data_dir() == data.SAMPLE_DATA_DIR
+    pairs = data.load_pairs()
+    assert len(pairs) == 3 * 200 and {p.label for p in pairs} == {0, 1}
+    assert len(data.load_shopping_queries()) == 480
+    assert len(data.load_help_utterances()) == 400 + 250
+    sample_bytes = sum(f.stat().st_size for f in data.SAMPLE_DATA_DIR.rglob("*") if f.is_file())
+    assert sample_bytes < 1_000_000
+    assert next(iter(data.QuerySource(seed=1))) and next(iter(data.PairSource(seed=1))).left.title
+
+
+@pytest.mark.skipif(
+    not (data.data_dir() / "queryner-esci").is_dir(), reason="shared data not present"
+)
 def test_real_data_loads() -> None:
     pairs = data.load_pairs(splits=("test",))
     assert len(pairs) == 2049 + 1916 + 2293
