@@ -36,6 +36,14 @@ test: venv ## Run the whole test suite (starts its own Kafka broker)
 test-unit: venv ## Fast tests only: no broker, no processes
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: test-avx2
+test-avx2: venv ## Model tests on an emulated AVX2-only CPU (QEMU user mode, no AVX-512/VNNI; needs qemu-user)
+	@command -v qemu-x86_64 >/dev/null || { echo "needs qemu-user: apt-get install qemu-user" >&2; exit 1; }
+	set -o pipefail; qemu-x86_64 -cpu Haswell $(PY) -W ignore -m pytest -p no:cacheprovider -q $(AVX2_TESTS) $(PYTEST_ARGS) 2>&1 \
+		| grep -v "^qemu-x86_64: warning: TCG doesn't support"
+
+AVX2_TESTS ?= tests/unit/test_compile_cpu.py tests/unit/test_runner.py tests/unit/test_compile_manifest.py
+
 .PHONY: lint
 lint: venv ## ruff lint + format check, mypy on the package
 	$(VENV)/bin/ruff check streamer compile tests

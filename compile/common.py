@@ -14,8 +14,10 @@ from streamer.model.artifact import (
     LABELS,
     MODEL_CARD,
     TOKENIZER,
+    WEIGHTS,
     ArtifactError,
     ModelMeta,
+    sha256_file,
 )
 from streamer.model.buckets import Buckets
 from streamer.model.hardware import cpu_description
@@ -59,7 +61,9 @@ def prepare_out_dir(trained_dir: Path, out_dir: Path) -> None:
             shutil.copyfile(trained_dir / name, out_dir / name)
 
 
-def base_manifest(meta: ModelMeta, target: str, sample_source: str) -> dict[str, Any]:
+def base_manifest(
+    meta: ModelMeta, target: str, sample_source: str, trained_dir: Path
+) -> dict[str, Any]:
     """Manifest fields common to every target (variants and files are added per target)."""
     import torch
 
@@ -82,6 +86,11 @@ def base_manifest(meta: ModelMeta, target: str, sample_source: str) -> dict[str,
             {"name": "duplicate_prob", "dtype": "float32", "shape": ["batch", 1]},
         ],
         "parity_sample": sample_source,
+        # What it was built from: a cached build of the shipped model is stale when this differs.
+        "source": {
+            "trained": Path(trained_dir).name,
+            "weights_sha256": sha256_file(Path(trained_dir) / WEIGHTS),
+        },
         "built": {
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": f"{platform.system()} {platform.machine()}",

@@ -83,7 +83,7 @@ def compile_cuda(
         if on_gpu
         else f"CPU in {dtype} without graphs (no CUDA device at compile time; kernels unverified)"
     )
-    manifest = base_manifest(meta, "cuda", sample.source)
+    manifest = base_manifest(meta, "cuda", sample.source, trained_dir)
     manifest["golden"] = GOLDEN_FILE
     manifest["variants"] = {
         dtype: {

@@ -64,7 +64,7 @@ def compile_neuron(
         files.append(bucket_file(batch, seq_len))
     golden = golden_batches(torch_forward(serving), Encoder.from_artifact(out_dir), meta, sample)
     save_golden(out_dir / GOLDEN_FILE, golden)
-    manifest = base_manifest(meta, target, sample.source)
+    manifest = base_manifest(meta, target, sample.source, trained_dir)
     manifest["variants"] = {
         "bf16-cast": {
             "files": files,

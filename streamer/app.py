@@ -74,14 +74,7 @@ def build_service(settings: Settings) -> Service:
     from streamer.model.tokenize import Encoder
     from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
 
-    if settings.artifact is None:
-        raise StartupError("no model artifact: set --artifact / STREAMER_ARTIFACT")
-    artifact = Path(settings.artifact)
-    if not (artifact / "manifest.json").is_file():
-        raise StartupError(
-            f"{artifact} is not a compiled artifact (no manifest.json); "
-            "build one with `python -m compile --target cpu --artifact DIR`"
-        )
+    artifact = resolve_artifact(settings.artifact)
     manifest = read_manifest(artifact)
     info = RunnerManifest.from_manifest(manifest, settings.variant or manifest["default_variant"])
     buckets = info.buckets
@@ -121,6 +114,30 @@ def build_service(settings: Settings) -> Service:
     policies = batch_policies(info.target, settings, buckets)
     settings = settings.model_copy(update=target_rates(info.target, settings))
     return Service(settings, handlers, executor, policies)
+
+
+def resolve_artifact(artifact: Path | None) -> Path:
+    """The compiled artifact to serve: the given one, or the shipped model compiled for cpu.
+
+    A trained artifact (no manifest.json, e.g. `models/<name>`) is compiled for the cpu target
+    on first use and cached under artifacts/.
+    """
+    from streamer.model.artifact import ArtifactError
+    from streamer.model.shipped import ensure_compiled, is_compiled
+
+    try:
+        if artifact is None:
+            return ensure_compiled()
+        if is_compiled(artifact):
+            return Path(artifact)
+        if (Path(artifact) / "config.json").is_file():
+            return ensure_compiled(Path(artifact))
+    except ArtifactError as exc:
+        raise StartupError(str(exc)) from exc
+    raise StartupError(
+        f"{artifact} is neither a compiled artifact (manifest.json) nor a trained one "
+        "(config.json); build one with `python -m compile --target cpu --artifact DIR`"
+    )
 
 
 def target_rates(target: str, settings: Settings) -> dict[str, float]:
@@ -195,7 +212,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `streamer run` (each overrides env and TOML)."""
     parser.add_argument("--config", help="TOML settings file")
     parser.add_argument("--bootstrap-servers")
-    parser.add_argument("--artifact", help="compiled artifact directory")
+    parser.add_argument(
+        "--artifact",
+        help="model to serve: a compiled artifact, or a trained one (compiled for cpu on first "
+        "use); default: the model shipped in models/",
+    )
     parser.add_argument("--paths", help="intent, duplicate or intent,duplicate")
     parser.add_argument("--group-id")
     parser.add_argument("--workers", type=int)

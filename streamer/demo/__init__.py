@@ -1,10 +1,12 @@
 """Run the whole job on this machine: Kafka, model, topics, the service under real load, a summary.
 
 `make demo` calls this. It starts the local Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is
-set), takes the newest compiled artifact under artifacts/ (compiling or building the tiny model
-when there is none), creates fresh topics, runs `streamer run` as its own process, offers real
-queries and product pairs from ../shared/data (with a share of malformed records) for the
-given duration, and prints events in / results out / DLQ / TPS / P50 / P99 per path.
+set), takes the trained model shipped in models/ (compiled for the cpu target on first use),
+sizes the offered load to this machine (`sizing`), creates fresh topics, runs `streamer run` as
+one process per path, offers real queries and product pairs (../shared/data, else the bundled
+sample) with a share of malformed records for the given duration, prints events in / results
+out / DLQ / TPS / P50 / P99 per path, then a few answers read back from the result topics
+(`examples`).
 """
 
 from __future__ import annotations
@@ -18,78 +20,31 @@ import sys
 import time
 import uuid
 from pathlib import Path
-
-from streamer.config import repo_root
-
-ARTIFACTS = repo_root() / "artifacts"
-
-
-def pick_artifact() -> Path:
-    """The newest compiled cpu artifact; compile the newest trained one, or build the tiny model."""
-    compiled = sorted(
-        (p.parent for p in ARTIFACTS.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime
-    )
-    trained = sorted(
-        (
-            p.parent
-            for p in ARTIFACTS.glob("*/eval.json")
-            if not (p.parent / "manifest.json").exists()
-        ),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if trained and (not compiled or trained[-1].stat().st_mtime > compiled[-1].stat().st_mtime):
-        out = trained[-1].with_name(trained[-1].name + "-cpu")
-        print(f"compiling {trained[-1].name} for the cpu target -> {out.name}", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "compile", "--target", "cpu", "--artifact", str(trained[-1]),
-             "--out", str(out)],
-            check=True, cwd=repo_root(),
-        )  # fmt: skip
-        return out
-    if compiled:
-        return compiled[-1]
-    out = ARTIFACTS / "tiny"
-    built = sorted(out.glob("*/manifest.json"))
-    if built:
-        print("no trained model (run `make model` for the real one): using the tiny model")
-        return built[-1].parent
-    print("no trained model (run `make model` for the real one): building the tiny model")
-    subprocess.run(
-        [sys.executable, "-m", "streamer.training.tiny", "--out", str(out)],
-        check=True,
-        cwd=repo_root(),
-    )
-    return next(p.parent for p in out.glob("*/manifest.json"))
-
-
-def passing_variant(artifact: Path) -> str | None:
-    """The manifest's default variant if it met its parity gate, else one that did."""
-    from streamer.model.artifact import read_manifest
-
-    manifest = read_manifest(artifact)
-    default = manifest["default_variant"]
-    variants = manifest["variants"]
-    if variants[default].get("parity", {}).get("passed"):
-        return None
-    for name, info in variants.items():
-        if info.get("parity", {}).get("passed"):
-            print(f"variant {default!r} missed its parity gate; the demo serves {name!r}")
-            return str(name)
-    return None
+from typing import Any
 
 
 async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from streamer.app import resolve_artifact
     from streamer.bench.events import EventFactory
     from streamer.bench.loadgen import run_load, schedule
     from streamer.bench.sink import LatencyRecorder, Sink
+    from streamer.demo.sizing import choose_rates, measure_ceilings
     from streamer.kafka.topics import ensure_topics
     from streamer.records.samples import BAD_RECORDS
 
     console = Console(width=max(Console().width, 132))
-    artifact = pick_artifact()
+    artifact = resolve_artifact(args.artifact)
+    if args.query_rate is None or args.pair_rate is None:
+        console.print("timing the model on this machine to size the load ...")
+        ceilings = measure_ceilings(artifact)
+        query_rate, pair_rate, why = choose_rates(ceilings, args.load_fraction)
+        args.query_rate = args.query_rate or query_rate
+        args.pair_rate = args.pair_rate or pair_rate
+        console.print(f"serving {artifact.name} {ceilings.variant}: {ceilings.selection}")
+        console.print(f"offered load: {why}")
     tag = uuid.uuid4().hex[:6]
     topics = {
         "queries": f"demo-{tag}.search.queries.v1",
@@ -100,9 +55,6 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
     }
     await ensure_topics(bootstrap, {name: args.partitions for name in topics.values()})
     env = dict(os.environ)
-    variant = passing_variant(artifact)
-    if variant is not None:
-        env["STREAMER_VARIANT"] = variant
     env.update(
         {
             "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
@@ -194,6 +146,7 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
         )
         for sink in sinks.values():
             await sink.stop()
+        await show_examples(console, bootstrap, topics)
         return 0
     finally:
         for proc, _, _ in services.values():
@@ -203,6 +156,37 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
                 print(f"{path} service drained and exited with code {proc.wait(timeout=40)}")
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def show_examples(console: Any, bootstrap: str, topics: dict[str, str]) -> None:
+    """A few real queries with their intent and a few pairs with their score, read back."""
+    from rich.table import Table
+
+    from streamer.demo.examples import pick_intents, pick_pairs, read_topic
+
+    intents = pick_intents(
+        await read_topic(bootstrap, topics["intents"]),
+        await read_topic(bootstrap, topics["queries"]),
+    )
+    pairs = pick_pairs(
+        await read_topic(bootstrap, topics["duplicates"]),
+        await read_topic(bootstrap, topics["pairs"]),
+    )
+    table = Table(title=f"some answers, read back from {topics['intents']}")
+    for col in ("query", "intent", "confidence"):
+        table.add_column(col)
+    for ex in intents:
+        table.add_row(ex.query, ex.intent, f"{ex.confidence:.2f}")
+    console.print(table)
+    table = Table(title=f"some answers, read back from {topics['duplicates']}")
+    for col in ("left product", "right product", "score", "decision"):
+        table.add_column(col)
+    for px in pairs:
+        table.add_row(
+            px.left[:60], px.right[:60], f"{px.score:.3f}",
+            "duplicate" if px.is_duplicate else "distinct",
+        )  # fmt: skip
+    console.print(table)
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
@@ -220,10 +204,21 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> b
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `streamer demo`."""
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
-    # 100/s: with the pair service beside it on 2 cores, the intent path's knee (~190/s alone)
-    # is not far above; 200/s showed overload (P99 1-3 s), not the pipeline.
-    parser.add_argument("--query-rate", type=float, default=100.0, help="queries per second")
-    parser.add_argument("--pair-rate", type=float, default=20.0, help="product pairs per second")
+    parser.add_argument(
+        "--artifact", type=Path, default=None, help="model to serve (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--query-rate", type=float, default=None, help="queries per second (default: sized)"
+    )
+    parser.add_argument(
+        "--pair-rate", type=float, default=None, help="product pairs per second (default: sized)"
+    )
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.2,
+        help="share of the model-only ceiling to offer when a rate is not given",
+    )
     parser.add_argument("--bad-fraction", type=float, default=0.01)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument(
