@@ -261,8 +261,9 @@ def _product(
     ptype, t3 = _opt_text(p, "product_type", f"{side}.product_type", max_attr)
     desc, t4 = _opt_text(p, "description", f"{side}.description", max_desc)
     price = _opt_price(p, f"{side}.price")
-    product = Product(pid, title, brand, ptype, desc, price)
-    return product, t1 or t2 or t3 or t4
+    model_number, t5 = _opt_text(p, "model_number", f"{side}.model_number", max_attr)
+    product = Product(pid, title, brand, ptype, desc, price, model_number)
+    return product, t1 or t2 or t3 or t4 or t5
 
 
 def decode_pair(
@@ -275,7 +276,7 @@ def decode_pair(
 ) -> ProductPairEvent:
     """Decode and validate one `search.product-pairs.v1` record (product_pair_event.v1.json).
 
-    `max_attribute_chars` bounds `brand` and `product_type`.
+    `max_attribute_chars` bounds `brand`, `product_type` and `model_number`.
     """
     obj = _load(raw, max_record_bytes)
     event_id = _id(obj, "event_id", "event_id", MAX_EVENT_ID_CHARS)
@@ -314,6 +315,7 @@ def _product_dict(p: Product) -> dict[str, Any]:
             "product_type": p.product_type,
             "description": p.description,
             "price": p.price,
+            "model_number": p.model_number,
         }
     )
 

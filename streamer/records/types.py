@@ -48,6 +48,8 @@ class Product:
     product_type: str | None = None
     description: str | None = None
     price: float | None = None
+    model_number: str | None = None
+    """Manufacturer model number (MPN); optional."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,48 @@ def test_pair_truncation_flags_any_field() -> None:
     assert by_brand.right.brand == "bbbb"
 
 
+def _pair_with_model_numbers(left: object, right: object) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": "p",
+            "left": {"id": "A1", "title": "sony camera", "model_number": left},
+            "right": {"id": "B1", "title": "sony cam", "model_number": right},
+        }
+    )
+
+
+def test_model_number_is_an_optional_string_validated_like_brand() -> None:
+    event = codec.decode_pair(_pair_with_model_numbers("  DSC-W150 ", None))
+    assert event.left.model_number == "DSC-W150"  # stripped, as the other optional strings
+    assert event.right.model_number is None
+    assert not event.truncated
+    absent = codec.decode_pair(good_pair("p", "l", "r"))
+    assert absent.left.model_number is None
+    long = codec.decode_pair(_pair_with_model_numbers("m" * 9, "x"), max_attribute_chars=4)
+    assert long.truncated
+    assert long.left.model_number == "mmmm"
+    assert code_of(codec.decode_pair, _pair_with_model_numbers(12345, None)) is not None
+    assert not validator("product_pair_event").is_valid(
+        orjson.loads(_pair_with_model_numbers(12345, None))
+    )
+
+
+def test_model_number_round_trips_and_reaches_the_serializer() -> None:
+    from streamer.model.serialize import serialize_product
+
+    event = ProductPairEvent(
+        "p", Product("A1", "Sony Camera", model_number="DSC-W150"), Product("B1", "sony cam")
+    )
+    raw = codec.encode_pair_event(event)
+    assert orjson.loads(raw)["left"]["model_number"] == "DSC-W150"
+    decoded = codec.decode_pair(raw)
+    assert decoded == event
+    text = serialize_product(
+        {"title": decoded.left.title, "model_number": decoded.left.model_number}
+    )
+    assert text == "title sony camera model dsc-w150"
+
+
 # --- round trips ----------------------------------------------------------------------------
 
 _text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(
@@ -231,7 +273,7 @@ def query_events(draw: st.DrawFn) -> QueryEvent:
 @st.composite
 def products(draw: st.DrawFn) -> Product:
     price = draw(st.none() | st.floats(0, 1e9, allow_nan=False))
-    return Product(draw(_ids), draw(_text), draw(_opt), draw(_opt), draw(_opt), price)
+    return Product(draw(_ids), draw(_text), draw(_opt), draw(_opt), draw(_opt), price, draw(_opt))
 
 
 @st.composite
@@ -460,7 +502,8 @@ _json_values = st.recursive(
 )
 _field_names = st.sampled_from(
     ["event_id", "query", "ts_ms", "locale", "session_id", "left", "right", "id", "title",
-     "price", "description", "brand", "product_type", "schema", "scores", "confidence",
+     "price", "description", "brand", "product_type", "model_number", "schema", "scores",
+     "confidence",
      "payload_b64", "key_b64", "error_code"]
 )  # fmt: skip
 _near_records = st.dictionaries(

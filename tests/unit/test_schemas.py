@@ -101,7 +101,7 @@ def valid_query(draw: st.DrawFn) -> dict[str, Any]:
 def valid_product(draw: st.DrawFn) -> dict[str, Any]:
     """A product both sides should accept."""
     obj: dict[str, Any] = {"id": draw(_ids), "title": draw(_words)}
-    for name in ("brand", "product_type", "description"):
+    for name in ("brand", "product_type", "description", "model_number"):
         if draw(st.booleans()):
             obj[name] = draw(st.none() | _text)
     if draw(st.booleans()):
@@ -132,7 +132,7 @@ def _paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str,
 
 
 _KNOWN = ["event_id", "query", "ts_ms", "locale", "session_id", "left", "right", "id", "title",
-          "brand", "product_type", "description", "price", "extra"]  # fmt: skip
+          "brand", "product_type", "description", "model_number", "price", "extra"]  # fmt: skip
 
 
 def _json_int(x: float) -> float:
@@ -226,7 +226,7 @@ _BASE_QUERIES: list[dict[str, Any]] = [
     {"event_id": "q-1", "query": "red shoes", "ts_ms": 1, "locale": "en-US", "session_id": "s"},
 ]
 _FULL_PRODUCT = {"id": "B01", "title": "cable", "brand": "acme", "product_type": "cable",
-                 "description": "usb", "price": 9.5}  # fmt: skip
+                 "description": "usb", "price": 9.5, "model_number": "AC-1"}  # fmt: skip
 _BASE_PAIRS: list[dict[str, Any]] = [
     {"event_id": "p-1", "left": {"id": "A", "title": "t"}, "right": {"id": "B", "title": "u"}},
     {"event_id": "p-1", "ts_ms": 5, "left": dict(_FULL_PRODUCT), "right": dict(_FULL_PRODUCT)},
@@ -241,7 +241,7 @@ _QUERY_FIELDS: list[tuple[str, ...]] = [
 _PAIR_FIELDS: list[tuple[str, ...]] = [("event_id",), ("ts_ms",), ("left",), ("right",)] + [
     (side, name)
     for side in ("left", "right")
-    for name in ("id", "title", "brand", "product_type", "description", "price")
+    for name in ("id", "title", "brand", "product_type", "description", "price", "model_number")
 ]
 
 
