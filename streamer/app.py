@@ -1,8 +1,9 @@
-"""`streamer run`: the composition root that turns Settings into a running Service.
+"""`streamer run`: serve query intents and product-duplicate scores from Kafka to Kafka.
 
-It reads the compiled artifact's manifest (labels, buckets, threshold, target), builds the
-tokenizer, picks the executor and the worker layout for the target, and wires the per-path
-handlers and batch policies.
+This module is the composition root: it turns Settings and the model artifact into a running
+`Service`, and is the only place that builds Kafka clients, metrics, the executor and the
+pipeline's parts (intake, batch runner, publisher). Per target it decides the worker layout,
+the batch sizes and the expected rates that size in-flight work.
 """
 
 from __future__ import annotations
@@ -11,92 +12,95 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from streamer import logs
-from streamer.config import PathName, Settings, load_settings
-from streamer.model.buckets import Buckets
+from streamer.config import Route, Settings, load_settings
+from streamer.model.buckets import Buckets, choose_batch
 from streamer.model.tasks import Task
-from streamer.pipeline.batcher import BatchPolicy, batch_bucket, duplicate_policy, intent_policy
-from streamer.pipeline.paths import ModelInfo, make_handlers
+from streamer.pipeline.backpressure import Backpressure
+from streamer.pipeline.batcher import BatchPolicy, MicroBatcher, duplicate_policy, intent_policy
+from streamer.pipeline.executor import Executor
+from streamer.pipeline.linger import LingerController
+from streamer.pipeline.routes import RouteHandler, make_routes
 from streamer.pipeline.service import Service, StartupError
+from streamer.pipeline.state import RouteState
 
 log = logging.getLogger("streamer.app")
 
+# Expected peak rates per target, which size in-flight work by Little's law (unless set).
+# cpu intents: what a 2-core machine sustains near its knee (BENCHMARKS.md). cpu pairs are sized
+# for throughput, not their ~60/s knee: each pause/resume cycle of the consumer idles the worker,
+# and a bound of 32 pairs gave 40 pairs/s where 200 gave 61/s at 62.5 offered (BENCHMARKS.md).
+# Accelerators: the published 16,000 intents/s and 8,800 pairs/s (DESIGN.md section 1).
+TARGET_TPS = {
+    "cpu": {Route.INTENT: 400.0, Route.DUPLICATE: 400.0},
+    "accelerator": {Route.INTENT: 16_000.0, Route.DUPLICATE: 8_800.0},
+}
 
-def worker_layout(target: str, settings: Settings) -> tuple[int, int, Any]:
-    """(workers, threads per worker, env_per_worker) for a target: one worker per device core."""
+
+def worker_layout(
+    target: str, settings: Settings
+) -> tuple[int, int, Callable[[int], dict[str, str]] | None]:
+    """(workers, threads per worker, extra env per worker) for a target: one worker per core.
+
+    The executor sets the thread-count variables (OMP_NUM_THREADS, ...) from the threads.
+    """
     cores = os.cpu_count() or 1
     if target == "cpu":
         # One core stays with the asyncio process (Kafka client, decode, tokenize).
         workers = settings.workers or max(1, cores - 1)
-        # Its core is kept free of model threads only when latency matters (intent path).
+        # Its core is kept free of model threads only when latency matters (intent route).
         # Pairs alone are throughput-first and their event loop is light (60 pairs/s on 2
         # cores): there the workers' threads take every core (same-run A/B, BENCHMARKS.md).
-        spare = cores - 1 if PathName.INTENT in settings.paths else cores
-        threads = settings.threads_per_worker or max(1, spare // workers)
-
-        def env(i: int) -> dict[str, str]:
-            return {"OMP_NUM_THREADS": str(threads)}
-
-        return workers, threads, env
+        spare = cores - 1 if Route.INTENT in settings.routes else cores
+        return workers, settings.threads_per_worker or max(1, spare // workers), None
     if target == "cuda":
         import torch
 
         workers = settings.workers or max(1, torch.cuda.device_count())
-        threads = settings.threads_per_worker or 2
-
-        def env_cuda(i: int) -> dict[str, str]:
-            return {"CUDA_VISIBLE_DEVICES": str(i), "OMP_NUM_THREADS": str(threads)}
-
-        return workers, threads, env_cuda
+        return (
+            workers,
+            settings.threads_per_worker or 2,
+            lambda i: {"CUDA_VISIBLE_DEVICES": str(i)},
+        )
     if target in ("neuron", "neuronx"):
         if settings.workers is None:
             raise StartupError("target neuron needs --workers = number of NeuronCores to use")
-        workers = settings.workers
-        threads = settings.threads_per_worker or 1
-
-        def env_neuron(i: int) -> dict[str, str]:
-            # One model copy per NeuronCore, as in the Amazon Search deployment.
-            return {"NEURON_RT_VISIBLE_CORES": str(i), "OMP_NUM_THREADS": str(threads)}
-
-        return workers, threads, env_neuron
+        # One model copy per NeuronCore, as in the Amazon Search deployment.
+        return (
+            settings.workers,
+            settings.threads_per_worker or 1,
+            lambda i: {"NEURON_RT_VISIBLE_CORES": str(i)},
+        )
     raise StartupError(f"unknown artifact target {target!r}")
 
 
 def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
-    from streamer.model.artifact import read_manifest
-    from streamer.model.runner import RunnerManifest
+    from streamer.kafka.clients import make_consumer, make_producer
+    from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
     from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
 
     artifact = resolve_artifact(settings.artifact)
-    manifest = read_manifest(artifact)
-    info = RunnerManifest.from_manifest(manifest, settings.variant or manifest["default_variant"])
-    buckets = info.buckets
-    model = ModelInfo(
-        name=info.name,
-        version=str(info.version),
-        labels=info.labels,
-        duplicate_threshold=info.duplicate_threshold,
-    )
-    encoder = Encoder.from_artifact(artifact)
-    handlers = make_handlers(settings, model, encoder)
+    model = served_meta(artifact, variant=settings.variant)
+    handlers = make_routes(settings, model, Encoder.from_artifact(artifact))
+    workers, threads, env = worker_layout(model.target, settings)
     spec = RunnerSpec(
         "streamer.model.runner:load_runner",
         {
             "artifact_dir": str(artifact),
             "force": settings.force_artifact,
             "variant": settings.variant,
+            "threads": threads,
         },
     )
-    workers, threads, env = worker_layout(info.target, settings)
-    spec.kwargs["threads"] = threads
-    executor: Any
+    executor: Executor
     if settings.executor == "inprocess":
         executor = InProcessExecutor(spec)
     else:
@@ -105,15 +109,109 @@ def build_service(settings: Settings) -> Service:
             workers=workers,
             threads_per_worker=threads,
             slots_per_worker=settings.slots_per_worker,
-            max_batch=max(b.max_batch for b in buckets.values()),
-            max_seq_len=max(b.max_seq_len for b in buckets.values()),
+            max_batch=max(b.max_batch for b in model.buckets.values()),
+            max_seq_len=max(b.max_seq_len for b in model.buckets.values()),
             max_outputs=max(len(model.labels), 1),
             heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
             env_per_worker=env,
         )
-    policies = batch_policies(info.target, settings, buckets)
-    settings = settings.model_copy(update=target_rates(info.target, settings))
-    return Service(settings, handlers, executor, policies)
+    return assemble(
+        settings.model_copy(update=target_rates(model.target, settings)),
+        handlers,
+        executor,
+        batch_policies(model.target, settings, model.buckets),
+        producer=make_producer(settings),
+        consumer=make_consumer(settings),
+    )
+
+
+def route_states(
+    settings: Settings,
+    handlers: Sequence[RouteHandler],
+    policies: dict[str, BatchPolicy],
+    executor_capacity: int,
+) -> dict[str, RouteState]:
+    """Per route: batcher, linger controller and the in-flight bound (Little's law)."""
+    states: dict[str, RouteState] = {}
+    for handler in handlers:
+        intent = handler.route == Route.INTENT
+        policy = policies[handler.route]
+        p99_s = (settings.p99_target_ms if intent else settings.duplicate_p99_target_ms) / 1000.0
+        tps = settings.intent_target_tps if intent else settings.duplicate_target_tps
+        assert tps is not None, "target_rates() fills the expected rates"
+        linger = LingerController(p99_s, max_linger_s=policy.max_linger_s)
+        # Little's law sizes in-flight for the expected rate, with half the budget left for
+        # fetch, produce and variance; never below what keeps every worker slot busy with a
+        # full batch, or the device idles while Kafka holds the load.
+        backpressure = Backpressure.for_budget(
+            tps, p99_s * 0.5, floor=2 * policy.max_batch * max(1, executor_capacity)
+        )
+        states[handler.route] = RouteState(
+            handler=handler,
+            batcher=MicroBatcher(policy, linger=linger.linger),
+            linger=linger,
+            backpressure=backpressure,
+            p99_target_s=p99_s,
+        )
+    return states
+
+
+def assemble(
+    settings: Settings,
+    handlers: Sequence[RouteHandler],
+    executor: Executor,
+    policies: dict[str, BatchPolicy],
+    *,
+    producer: Any,
+    consumer: Any,
+) -> Service:
+    """Wire the parts around the given clients and executor (tests pass their own)."""
+    from streamer.pipeline.batch_runner import BatchRunner
+    from streamer.pipeline.intake import KafkaIntake
+    from streamer.pipeline.metrics import HealthServer, Metrics
+    from streamer.pipeline.publisher import Publisher
+    from streamer.pipeline.service import KafkaClients
+    from streamer.pipeline.state import Progress, StopFlags
+
+    metrics = Metrics()
+    flags = StopFlags()
+    progress = Progress()
+    routes = route_states(settings, handlers, policies, executor.capacity)
+    publisher = Publisher(
+        producer, progress, metrics, flags, dlq_topic=settings.topic_dlq, commit=consumer.commit
+    )
+    runner = BatchRunner(
+        routes, executor, publisher, metrics, flags,
+        dispatch_when_idle=settings.dispatch_when_idle,
+    )  # fmt: skip
+    intake = KafkaIntake(
+        consumer, routes, runner, publisher, progress, metrics, flags,
+        max_poll_records=settings.max_poll_records,
+        revoke_timeout_s=min(settings.drain_timeout_s, 5.0),
+    )  # fmt: skip
+    needed = {h.source_topic for h in handlers} | {h.result_topic for h in handlers}
+    health = None
+    if settings.metrics_port:
+
+        def health(ready: Callable[[], bool]) -> HealthServer:
+            return HealthServer(metrics, ready, settings.metrics_host, settings.metrics_port)
+
+    return Service(
+        routes=routes,
+        executor=executor,
+        clients=KafkaClients(producer, consumer, settings.bootstrap_servers),
+        intake=intake,
+        runner=runner,
+        publisher=publisher,
+        metrics=metrics,
+        flags=flags,
+        progress=progress,
+        needed_topics=needed | {settings.topic_dlq},
+        drain_timeout_s=settings.drain_timeout_s,
+        commit_interval_s=settings.commit_interval_ms / 1000.0,
+        health=health,
+        public_settings=settings.public_dict(),
+    )
 
 
 def resolve_artifact(artifact: Path | None) -> Path:
@@ -141,24 +239,18 @@ def resolve_artifact(artifact: Path | None) -> Path:
 
 
 def target_rates(target: str, settings: Settings) -> dict[str, float]:
-    """Expected peak rates per path (Little's-law in-flight sizing) unless set explicitly.
-
-    cpu intents: what a 2-core machine sustains near its knee (BENCHMARKS.md). cpu pairs are
-    sized for throughput, not their ~60/s knee: each pause/resume cycle of the consumer idles
-    the worker, and a bound of 32 pairs gave 40 pairs/s where 200 gave 61/s at 62.5 offered
-    (BENCHMARKS.md). Accelerators: the published 16,000 intents/s and 8,800 pairs/s.
-    """
-    cpu = target == "cpu"
+    """Expected peak rates per route (Little's-law in-flight sizing) unless set explicitly."""
+    rates = TARGET_TPS["cpu" if target == "cpu" else "accelerator"]
     return {
-        "intent_target_tps": settings.intent_target_tps or (400.0 if cpu else 16_000.0),
-        "duplicate_target_tps": settings.duplicate_target_tps or (400.0 if cpu else 8_800.0),
+        "intent_target_tps": settings.intent_target_tps or rates[Route.INTENT],
+        "duplicate_target_tps": settings.duplicate_target_tps or rates[Route.DUPLICATE],
     }
 
 
 def batch_policies(
     target: str, settings: Settings, buckets: dict[Task, Buckets]
 ) -> dict[str, BatchPolicy]:
-    """Per-path batch policies: the compiled buckets bound them, the target sets the sizes.
+    """Per-route batch policies: the compiled buckets bound them, the target sets the sizes.
 
     On a 2-core CPU (ONNX int8) a 32x16 intent batch takes ~31 ms, three times the whole
     10 ms budget, while 4x16 takes ~5 ms: CPU defaults are small batches (DESIGN.md section 4).
@@ -179,7 +271,7 @@ def batch_policies(
             # A full batch of 16-token queries fits; one long query shrinks its batch instead
             # of making every row pay its length.
             max_padded_tokens=max(
-                batch_bucket(ib.batch_sizes, intent_rows) * ib.seq_lens[0], ib.max_seq_len
+                choose_batch(ib.batch_sizes, intent_rows) * ib.seq_lens[0], ib.max_seq_len
             ),
             max_linger_s=settings.intent_max_linger_ms / 1000.0,
             seq_buckets=ib.seq_lens,
@@ -190,7 +282,7 @@ def batch_policies(
             # Long pairs are what costs: a batch of 256-token pairs stays as cheap as a full
             # batch of typical 128-token ones.
             max_padded_tokens=max(
-                batch_bucket(db.batch_sizes, dup_rows) * typical_pair_len, db.max_seq_len
+                choose_batch(db.batch_sizes, dup_rows) * typical_pair_len, db.max_seq_len
             ),
             max_linger_s=settings.duplicate_max_linger_ms / 1000.0,
             seq_buckets=db.seq_lens,
@@ -217,7 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model to serve: a compiled artifact, or a trained one (compiled for cpu on first "
         "use); default: the model shipped in models/",
     )
-    parser.add_argument("--paths", help="intent, duplicate or intent,duplicate")
+    parser.add_argument(
+        "--routes", "--paths", dest="routes", help="intent, duplicate or intent,duplicate"
+    )
     parser.add_argument("--group-id")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads-per-worker", type=int)
@@ -232,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {
         k: getattr(args, k)
         for k in (
-            "bootstrap_servers", "artifact", "paths", "group_id", "workers",
+            "bootstrap_servers", "artifact", "routes", "group_id", "workers",
             "threads_per_worker", "executor", "p99_target_ms", "metrics_port", "log_level",
         )
     }  # fmt: skip

@@ -22,8 +22,8 @@ from pydantic_settings import (
 )
 
 
-class PathName(StrEnum):
-    """The two inference paths of DESIGN.md section 1."""
+class Route(StrEnum):
+    """The two inference routes of DESIGN.md section 1 (source topic -> model head -> results)."""
 
     INTENT = "intent"
     DUPLICATE = "duplicate"
@@ -56,9 +56,11 @@ class Settings(BaseSettings):
     topic_dlq: str = "search.streamer.dlq.v1"
 
     # NoDecode: env values are 'intent,duplicate', not JSON; the validator below splits them.
-    paths: Annotated[tuple[PathName, ...], NoDecode] = Field(
-        (PathName.INTENT, PathName.DUPLICATE),
-        description="Which paths this process serves: 'intent', 'duplicate' or both (comma list).",
+    routes: Annotated[tuple[Route, ...], NoDecode] = Field(
+        (Route.INTENT, Route.DUPLICATE),
+        # STREAMER_PATHS / `paths`: the name before 0.2, still accepted.
+        validation_alias=AliasChoices("routes", "STREAMER_ROUTES", "paths", "STREAMER_PATHS"),
+        description="Which routes this process serves: 'intent', 'duplicate' or both (comma list).",
     )
 
     # aiokafka's default fetch_max_wait_ms=500 alone gave p50 250 ms on an idle stream
@@ -143,9 +145,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9102, ge=0, le=65535, description="0 disables the HTTP endpoint.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("paths", mode="before")
+    @field_validator("routes", mode="before")
     @classmethod
-    def _split_paths(cls, value: Any) -> Any:
+    def _split_routes(cls, value: Any) -> Any:
         """Accept 'intent,duplicate' from env vars and flags as well as lists from TOML."""
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
@@ -154,8 +156,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         """Reject settings that cannot work together, with a reason."""
-        if not self.paths:
-            raise ValueError("paths must name at least one of: intent, duplicate")
+        if not self.routes:
+            raise ValueError("routes must name at least one of: intent, duplicate")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
         return self

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(ALL_CONTENDERS),
         help=f"comma list of {', '.join(ALL_CONTENDERS)}",
     )
-    parser.add_argument("--paths", help="intent,duplicate (default; the gpu profile: intent)")
+    parser.add_argument("--routes", help="intent,duplicate (default; the gpu profile: intent)")
     parser.add_argument(
         "--bootstrap",
         help="use this cluster (else KAFKA_BOOTSTRAP_SERVERS, "
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = args.out or REPO_ROOT / "bench-results" / time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     overrides: dict[str, object] = {"step_s": args.step_s} if args.step_s else {}
-    if args.paths:
-        overrides["paths"] = tuple(p for p in args.paths.split(",") if p)
+    if args.routes:
+        overrides["routes"] = tuple(p for p in args.routes.split(",") if p)
     profile = args.profile or ("quick" if args.quick else "full")
     cfg = BenchConfig.preset(
         profile,

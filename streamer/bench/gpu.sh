@@ -82,13 +82,13 @@ for _ in $(seq 1 100); do
 done
 
 # 4. The benchmark: gpu profile (5 s steps from 200 events/s, doubling), same harness as CPU.
-log "benchmark: contenders $CONTENDERS, paths $PATHS, results in $OUT"
+log "benchmark: contenders $CONTENDERS, routes $PATHS, results in $OUT"
 # Tansu rejects idempotent producers (DESIGN.md section 5): the service must not ask for one.
 export STREAMER_PRODUCER_IDEMPOTENCE=false
 VARIANTS="${VARIANTS-idle:STREAMER_DISPATCH_WHEN_IDLE=true}"
 variant_args=()
 for v in $VARIANTS; do variant_args+=(--variant "$v"); done
 "$PY" -m streamer bench --profile gpu --bootstrap "127.0.0.1:$PORT" --artifact "$CUDA_ARTIFACT" \
-    --contenders "$CONTENDERS" --paths "$PATHS" --out "$OUT" "${variant_args[@]}"
+    --contenders "$CONTENDERS" --routes "$PATHS" --out "$OUT" "${variant_args[@]}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.csv"
 log "done: $OUT/results.md"

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: each contender on fresh topics, offered load stepped up to the knee.
 
-For every Kafka contender and path: create fresh topics (results topic stamped with the
+For every Kafka contender and route: create fresh topics (results topic stamped with the
 broker's LogAppendTime, so a result's timestamp *is* its broker acknowledgement), start the
 contender as a subprocess, wait until it is ready, warm it up, then run fixed-rate open-loop
 steps chosen by `KneeSearch`. Each step records latency (to broker append and to downstream
@@ -37,7 +37,7 @@ from streamer.kafka.local_broker import free_port
 
 KAFKA_CONTENDERS = ("streamer", "naive", "peer")
 ALL_CONTENDERS = ("model-only", *KAFKA_CONTENDERS)
-PATH_KIND = {"intent": "query", "duplicate": "pair"}
+ROUTE_KIND = {"intent": "query", "duplicate": "pair"}
 VARIANT_LABEL = re.compile(r"[a-z0-9_]{1,32}")
 
 
@@ -59,7 +59,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 @dataclass
 class PathPlan:
-    """How to search one path: latency targets (the first is the headline) and the ramp."""
+    """How to search one route: latency targets (the first is the headline) and the ramp."""
 
     targets_ms: tuple[float, ...]
     start_rate: float
@@ -75,7 +75,7 @@ class BenchConfig:
     artifact: Path
     out_dir: Path
     contenders: tuple[str, ...] = ALL_CONTENDERS
-    paths: tuple[str, ...] = ("intent", "duplicate")
+    routes: tuple[str, ...] = ("intent", "duplicate")
     bootstrap: str | None = None
     step_s: float = 30.0
     warmup_s: float = 3.0
@@ -119,7 +119,7 @@ class BenchConfig:
                 "duplicate": PathPlan((1000.0,), 100.0, 2.0, 6, 5.0),
             }
             base = dict(step_s=5.0, warmup_s=2.0, refine_steps=0, model_only_budget_s=0.5,
-                        ready_timeout_s=120.0, paths=("intent",), budget_s=420.0)  # fmt: skip
+                        ready_timeout_s=120.0, routes=("intent",), budget_s=420.0)  # fmt: skip
         else:
             raise ValueError(f"unknown profile {profile!r}: quick, full or gpu")
         base.update(overrides)
@@ -173,7 +173,7 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
 
 @dataclass
 class Topics:
-    """The fresh topics of one (contender, path) run."""
+    """The fresh topics of one (contender, route) run."""
 
     source: str
     results: str
@@ -182,25 +182,25 @@ class Topics:
     other_results: str
 
     @classmethod
-    def fresh(cls, run_id: str, contender: str, path: str) -> Topics:
+    def fresh(cls, run_id: str, contender: str, route: str) -> Topics:
         """Unique names per run so no old record can leak into a measurement."""
-        p = f"bench.{run_id}.{contender}.{path}"
+        p = f"bench.{run_id}.{contender}.{route}"
         return cls(f"{p}.in", f"{p}.out", f"{p}.dlq", f"{p}.in2", f"{p}.out2")
 
     def all(self) -> list[str]:
-        """Every topic to create (the service wants all five even when serving one path)."""
+        """Every topic to create (the service wants all five even when serving one route)."""
         return [self.source, self.results, self.dlq, self.other_source, self.other_results]
 
 
 def contender_command(
-    name: str, cfg: BenchConfig, bootstrap: str, path: str, topics: Topics, group: str
+    name: str, cfg: BenchConfig, bootstrap: str, route: str, topics: Topics, group: str
 ) -> tuple[list[str], dict[str, str], int | None]:
     """argv, environment and (for streamer) metrics port of a Kafka contender."""
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if name == "streamer" or name.removeprefix("streamer-") in cfg.variants:
         port = free_port()
-        intent = path == "intent"
+        intent = route == "intent"
         env.update(
             {
                 "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
@@ -211,7 +211,7 @@ def contender_command(
                 "STREAMER_TOPIC_INTENTS": topics.results if intent else topics.other_results,
                 "STREAMER_TOPIC_DUPLICATES": topics.other_results if intent else topics.results,
                 "STREAMER_TOPIC_DLQ": topics.dlq,
-                "STREAMER_PATHS": path,
+                "STREAMER_ROUTES": route,
                 "STREAMER_METRICS_PORT": str(port),
                 "STREAMER_FORCE_ARTIFACT": "true" if cfg.force_artifact else "false",
             }
@@ -234,8 +234,8 @@ def contender_command(
         group,
         "--artifact",
         str(cfg.artifact),
-        "--path",
-        path,
+        "--route",
+        route,
     ]
     if cfg.force_artifact:
         argv.append("--force-artifact")
@@ -435,43 +435,43 @@ async def run_contender_path(
     bootstrap: str,
     broker_pid: int | None,
     name: str,
-    path: str,
+    route: str,
     log_dir: Path,
     say: Any,
     deadline: float = float("inf"),
 ) -> dict[str, Any]:
-    """Knee search of one contender on one path; never raises for a contender's failure.
+    """Knee search of one contender on one route; never raises for a contender's failure.
 
     `deadline` (time.monotonic()) ends the ramp early, recorded as `stopped_by_budget`.
     """
-    plan = cfg.plans[path]
-    topics = Topics.fresh(run_id, name, path)
-    group = f"bench-{run_id}-{name}-{path}"
+    plan = cfg.plans[route]
+    topics = Topics.fresh(run_id, name, route)
+    group = f"bench-{run_id}-{name}-{route}"
     result: dict[str, Any] = {
         "contender": name,
-        "path": path,
+        "route": route,
         "targets_ms": list(plan.targets_ms),
         "steps": [],
         "status": "ok",
     }
     if time.monotonic() + cfg.step_s + plan.drain_s > deadline:
         result.update(status="skipped", reason="time budget spent before it could start")
-        say(f"  {name}/{path}: SKIPPED (time budget spent)")
+        say(f"  {name}/{route}: SKIPPED (time budget spent)")
         return result
     await create_topics(bootstrap, topics.all(), cfg.partitions, {topics.results})
-    argv, env, port = contender_command(name, cfg, bootstrap, path, topics, group)
-    contender = Contender(name, argv, env, port, log_dir / f"{name}-{path}.log")
+    argv, env, port = contender_command(name, cfg, bootstrap, route, topics, group)
+    contender = Contender(name, argv, env, port, log_dir / f"{name}-{route}.log")
     sink = Sink(bootstrap, topics.results)
     try:
         t0 = time.monotonic()
         why = await contender.start(cfg.ready_timeout_s)
         if why is not None:
             result.update(status="skipped", reason=f"{name} failed to start: {why}")
-            say(f"  {name}/{path}: SKIPPED ({result['reason'][:300]})")
+            say(f"  {name}/{route}: SKIPPED ({result['reason'][:300]})")
             return result
         result["startup_s"] = round(time.monotonic() - t0, 2)
         await sink.start()
-        factory = EventFactory(PATH_KIND[path], cfg.data_root)
+        factory = EventFactory(ROUTE_KIND[route], cfg.data_root)
         broker = CpuMeter(broker_pid) if broker_pid else None
         warm = await measure_step(
             cfg,
@@ -498,7 +498,7 @@ async def run_contender_path(
         while (rate := search.next_rate()) is not None:
             if time.monotonic() + cfg.step_s + plan.drain_s > deadline:
                 result["stopped_by_budget"] = True
-                say(f"  {name}/{path}: time budget spent, ramp stopped at {rate:.1f}/s")
+                say(f"  {name}/{route}: time budget spent, ramp stopped at {rate:.1f}/s")
                 break
             step = await measure_step(
                 cfg,
@@ -520,7 +520,7 @@ async def run_contender_path(
             search.record(out)
             s = step["sink"]
             say(
-                f"  {name}/{path} @ {rate:8.1f}/s: p50 {s['broker']['p50_ms']:8.2f} ms  "
+                f"  {name}/{route} @ {rate:8.1f}/s: p50 {s['broker']['p50_ms']:8.2f} ms  "
                 f"p99 {s['broker']['p99_ms']:8.2f} ms  max {s['broker']['max_ms']:8.1f} ms  "
                 f"n={s['unique']} missing={s['missing']} dup={s['duplicates']}  "
                 f"cpu {step['cpu_s_per_1k']:.2f} s/1k"
@@ -531,7 +531,7 @@ async def run_contender_path(
         result["max_sustained"] = {str(t): search.max_sustained(t) for t in plan.targets_ms}
     except Exception as exc:  # a broken contender or broker must not lose the other results
         result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-        say(f"  {name}/{path}: ERROR {result['reason']}")
+        say(f"  {name}/{route}: ERROR {result['reason']}")
     finally:
         await sink.stop()
         await contender.stop()
@@ -539,7 +539,7 @@ async def run_contender_path(
     return result
 
 
-def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]:
+def run_model_only(cfg: BenchConfig, route: str, log_dir: Path) -> dict[str, Any]:
     """The model alone per bucket, as a subprocess; CPU from the reaped child's rusage."""
     argv = [
         sys.executable,
@@ -547,8 +547,8 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
         "streamer.bench.contenders.model_only",
         "--artifact",
         str(cfg.artifact),
-        "--path",
-        path,
+        "--route",
+        route,
         "--budget-s",
         str(cfg.model_only_budget_s),
         # The bench's own event mix: with one thread (a cpu worker of the service on this
@@ -559,7 +559,7 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
     if cfg.force_artifact:
         argv.append("--force-artifact")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with (log_dir / f"model-only-{path}.log").open("wb") as log:
+    with (log_dir / f"model-only-{route}.log").open("wb") as log:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, timeout=600, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -569,17 +569,17 @@ def run_model_only(cfg: BenchConfig, path: str, log_dir: Path) -> dict[str, Any]
     rows = [r for r in lines if r.get("kind") != "mix"]
     mix = [r for r in lines if r.get("kind") == "mix"]
     if proc.returncode != 0 or not rows:
-        tail = (log_dir / f"model-only-{path}.log").read_text(errors="replace").splitlines()[-5:]
+        tail = (log_dir / f"model-only-{route}.log").read_text(errors="replace").splitlines()[-5:]
         return {
             "contender": "model-only",
-            "path": path,
+            "route": route,
             "status": "skipped",
             "reason": f"exited with code {proc.returncode}: {' | '.join(tail)}",
         }
     items = sum(r["iters"] * r["batch"] for r in rows) + sum(r["events"] * r["passes"] for r in mix)
     return {
         "contender": "model-only",
-        "path": path,
+        "route": route,
         "status": "ok",
         "buckets": rows,
         "mix": mix,
@@ -670,25 +670,25 @@ async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict
     run_id = uuid.uuid4().hex[:8]
     deadline = time.monotonic() + (cfg.budget_s if cfg.budget_s is not None else float("inf"))
     results: dict[str, Any] = {"meta": run_meta(cfg, argv), "runs": []}
-    for path in cfg.paths:
+    for route in cfg.routes:
         if "model-only" in cfg.contenders:
-            say(f"model-only/{path} ...")
-            r = await asyncio.to_thread(run_model_only, cfg, path, log_dir)
+            say(f"model-only/{route} ...")
+            r = await asyncio.to_thread(run_model_only, cfg, route, log_dir)
             results["runs"].append(r)
-            say(f"  model-only/{path}: {r['status']} {r.get('reason', '')}")
+            say(f"  model-only/{route}: {r['status']} {r.get('reason', '')}")
     kafka_contenders = [c for c in cfg.contenders if c in KAFKA_CONTENDERS]
     kafka_contenders += [f"streamer-{label}" for label in cfg.variants]
     if kafka_contenders:
         with broker_for(cfg, say) as (bootstrap, broker_pid, broker_meta):
             results["meta"]["broker"] = broker_meta
-            todo = [(path, name) for path in cfg.paths for name in kafka_contenders]
-            for i, (path, name) in enumerate(todo):
+            todo = [(route, name) for route in cfg.routes for name in kafka_contenders]
+            for i, (route, name) in enumerate(todo):
                 # an even share of what is left, so the last contender is not starved
                 share = time.monotonic() + (deadline - time.monotonic()) / (len(todo) - i)
-                say(f"{name}/{path} ...")
+                say(f"{name}/{route} ...")
                 results["runs"].append(
                     await run_contender_path(
-                        cfg, run_id, bootstrap, broker_pid, name, path, log_dir, say, share
+                        cfg, run_id, bootstrap, broker_pid, name, route, log_dir, say, share
                     )
                 )
     (cfg.out_dir / "results.json").write_bytes(

@@ -1,6 +1,6 @@
 """Where the service's CPU goes under load: a py-spy profile folded into pipeline stages.
 
-    python -m streamer.bench.profile --path intent --rate 200 --seconds 30   (make bench-profile)
+    python -m streamer.bench.profile --route intent --rate 200 --seconds 30   (make bench-profile)
 
 Starts a local Kafka on a free port and ``streamer run``; once the service is ready, attaches
 the py-spy sampling profiler to it and (``--subprocesses``) its worker for exactly the
@@ -12,7 +12,7 @@ py-spy drops idle samples by default, so the shares are of busy CPU time, per pr
 
 py-spy is a tool, not a library of the service: it is not in the lock. Install it anywhere
 (``pip install py-spy``) and pass ``--py-spy`` or put it on PATH.
-Output: ``bench-results/profile-<UTC>-<path>/`` with the collapsed stacks (``stacks.txt``,
+Output: ``bench-results/profile-<UTC>-<route>/`` with the collapsed stacks (``stacks.txt``,
 loadable in speedscope), the service's metrics after the run and ``summary.md``.
 """
 
@@ -38,7 +38,7 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
     ("model (ONNX Runtime / torch)", re.compile(r"onnxruntime|/torch/|runner\.py")),
     ("shared-memory hop", re.compile(r"shm_ring\.py|executor\.py|worker\.py|supervisor\.py")),
     ("tokenize", re.compile(r"tokenizers|tokenize\.py|serialize\.py")),
-    ("decode / encode records", re.compile(r"codec\.py|orjson|paths\.py")),
+    ("decode / encode records", re.compile(r"codec\.py|orjson|routes\.py")),
     ("Kafka client (aiokafka)", re.compile(r"aiokafka|kafka/")),
     ("metrics", re.compile(r"prometheus_client|metrics\.py|http\.py")),
     (
@@ -120,7 +120,7 @@ def summary(per_role: dict[str, Counter[str]], title: str, rate_hz: int, seconds
 def main(argv: list[str] | None = None) -> int:
     """Entry point; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--route", choices=["intent", "duplicate"], default="intent")
     p.add_argument("--rate", type=float, default=200.0, help="offered events/s")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the offered load")
     p.add_argument("--sample-rate", type=int, default=100, help="py-spy samples/s")
@@ -142,16 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         print("no compiled artifact: run `make model compile-cpu`", file=sys.stderr)
         return 2
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    out: Path = a.out or REPO_ROOT / "bench-results" / f"profile-{stamp}-{a.path}"
+    out: Path = a.out or REPO_ROOT / "bench-results" / f"profile-{stamp}-{a.route}"
     out.mkdir(parents=True, exist_ok=True)
-    kind, topic_key = ("query", "queries") if a.path == "intent" else ("pair", "pairs")
+    kind, topic_key = ("query", "queries") if a.route == "intent" else ("pair", "pairs")
     port = free_port()
     with LocalKafka() as kafka:
         env = dict(os.environ)
         env.update(
             STREAMER_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
             STREAMER_ARTIFACT=str(artifact),
-            STREAMER_PATHS=a.path,
+            STREAMER_ROUTES=a.route,
             STREAMER_METRICS_PORT=str(port),
             HF_HUB_OFFLINE="1",
             TOKENIZERS_PARALLELISM="false",
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     per_role = fold(stacks.read_text().splitlines())
     title = (
-        f"CPU profile: {a.path} path at {a.rate:g}/s offered for {a.seconds:g} s "
+        f"CPU profile: {a.route} route at {a.rate:g}/s offered for {a.seconds:g} s "
         f"({Path(artifact).name}, py-spy {a.sample_rate} Hz, idle samples dropped)"
     )
     text = summary(per_role, title, a.sample_rate, a.seconds)

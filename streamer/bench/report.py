@@ -45,7 +45,7 @@ def _ceiling_fractions(
         "",
         "Max sustained rate as a share of the mix ceiling:",
         "",
-        "| contender | path | P99 target | max sustained (/s) | "
+        "| contender | route | P99 target | max sustained (/s) | "
         + " | ".join(f"share of {m['threads']}-thread mix" for _, m in mixes[:2])
         + " |",
         "|---|---|---|---|" + "---|" * len(mixes[:2]),
@@ -53,14 +53,14 @@ def _ceiling_fractions(
     for run in results["runs"]:
         if run["contender"] == "model-only" or run["status"] != "ok":
             continue
-        ceilings = [m for path, m in mixes if path == run["path"]]
+        ceilings = [m for route, m in mixes if route == run["route"]]
         for target in run["targets_ms"]:
             rate = (run.get("max_sustained") or {}).get(str(target))
             if not rate or not ceilings:
                 continue
             shares = " | ".join(f"{rate / m['items_per_s']:.0%}" for m in ceilings[:2])
             lines.append(
-                f"| {run['contender']} | {run['path']} | {target:g} ms | {_fmt(rate)} | {shares} |"
+                f"| {run['contender']} | {run['route']} | {target:g} ms | {_fmt(rate)} | {shares} |"
             )
     return lines
 
@@ -85,7 +85,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- results marked * are fewer than {MIN_RESULTS_FOR_P99:,}: their P99 is a handful of "
         "samples (P99.9 needs 10,000+); use the full run for published numbers",
         "",
-        "| contender | path | P99 target | max sustained rate (/s) | P50 ms | P99 ms | P99.9 ms "
+        "| contender | route | P99 target | max sustained rate (/s) | P50 ms | P99 ms | P99.9 ms "
         "| max ms | P99 observed ms | results | CPU s/1k events | broker CPU s/1k |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -97,13 +97,13 @@ def markdown(results: dict[str, Any]) -> str:
             rate = (run.get("max_sustained") or {}).get(str(target))
             if step is None:
                 lines.append(
-                    f"| {run['contender']} | {run['path']} | {target:g} ms | "
+                    f"| {run['contender']} | {run['route']} | {target:g} ms | "
                     f"none met it | | | | | | | | |"
                 )
                 continue
             b, o = step["sink"]["broker"], step["sink"]["observed"]
             lines.append(
-                f"| {run['contender']} | {run['path']} | {target:g} ms | {_fmt(rate)} | "
+                f"| {run['contender']} | {run['route']} | {target:g} ms | {_fmt(rate)} | "
                 f"{_fmt(b['p50_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | {_fmt(b['p999_ms'], 2)} | "
                 f"{_fmt(b['max_ms'], 2)} | {_fmt(o['p99_ms'], 2)} | {_count(step['sink']['unique'])} | "
                 f"{_fmt(step['cpu_s_per_1k'], 2)} | {_fmt(step['broker_cpu_s_per_1k'], 2)} |"
@@ -116,20 +116,20 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## Model only (no Kafka): the ceiling",
             "",
-            "| path | batch | seq len | ms/batch (median) | ms/batch (P99) | items/s |",
+            "| route | batch | seq len | ms/batch (median) | ms/batch (P99) | items/s |",
             "|---|---|---|---|---|---|",
         ]
         for r in model_rows:
             for b in r["buckets"]:
                 lines.append(
-                    f"| {r['path']} | {b['batch']} | {b['seq_len']} | "
+                    f"| {r['route']} | {b['batch']} | {b['seq_len']} | "
                     f"{_fmt(b['median_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | "
                     f"{_fmt(b['items_per_s'], 0)} |"
                 )
             lines.append(
-                f"| {r['path']} | CPU s per 1k items: {_fmt(r['cpu_s_per_1k'], 2)} | | | | |"
+                f"| {r['route']} | CPU s per 1k items: {_fmt(r['cpu_s_per_1k'], 2)} | | | | |"
             )
-        mixes = [(r["path"], m) for r in model_rows for m in r.get("mix", [])]
+        mixes = [(r["route"], m) for r in model_rows for m in r.get("mix", [])]
         if mixes:
             lines += [
                 "",
@@ -137,16 +137,16 @@ def markdown(results: dict[str, Any]) -> str:
                 "policy: pairs grouped by length), run back to back: the ceiling a Kafka "
                 "contender is held against:",
                 "",
-                "| path | threads | events | batches | mean rows/batch | items/s |",
+                "| route | threads | events | batches | mean rows/batch | items/s |",
                 "|---|---|---|---|---|---|",
             ]
             lines += [
-                f"| {path} | {m['threads']} | {m['events']} | {m['batches']} | "
+                f"| {route} | {m['threads']} | {m['events']} | {m['batches']} | "
                 f"{_fmt(m['mean_rows'], 1)} | {_fmt(m['items_per_s'], 0)} |"
-                for path, m in mixes
+                for route, m in mixes
             ]
             lines += _ceiling_fractions(results, mixes)
-    cut = [f"{r['contender']}/{r['path']}" for r in results["runs"] if r.get("stopped_by_budget")]
+    cut = [f"{r['contender']}/{r['route']}" for r in results["runs"] if r.get("stopped_by_budget")]
     if cut:
         lines += ["", f"Note: the time budget ended the ramp early for {', '.join(cut)}: "
                   "their max sustained rate is a lower bound."]  # fmt: skip
@@ -161,14 +161,14 @@ def markdown(results: dict[str, Any]) -> str:
     if problems:
         lines += ["", "## Not measured", ""]
         lines += [
-            f"- {r['contender']}/{r['path']}: {r['status']}: {r.get('reason', '')[:500]}"
+            f"- {r['contender']}/{r['route']}: {r['status']}: {r.get('reason', '')[:500]}"
             for r in problems
         ]
     lines += [
         "",
         "## Every step",
         "",
-        "| contender | path | offered/s | results | missing | dup | P50 ms | P99 ms | "
+        "| contender | route | offered/s | results | missing | dup | P50 ms | P99 ms | "
         "max ms | throughput/s | generator P99 slip ms | CPU s/1k |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -176,7 +176,7 @@ def markdown(results: dict[str, Any]) -> str:
         for step in run.get("steps", []):
             s, b = step["sink"], step["sink"]["broker"]
             lines.append(
-                f"| {run['contender']} | {run['path']} | {_fmt(step['offered_rate'])} | "
+                f"| {run['contender']} | {run['route']} | {_fmt(step['offered_rate'])} | "
                 f"{_fmt(s['unique'])} | {_fmt(s['missing'])} | {_fmt(s['duplicates'])} | "
                 f"{_fmt(b['p50_ms'], 2)} | {_fmt(b['p99_ms'], 2)} | {_fmt(b['max_ms'], 1)} | "
                 f"{_fmt(s['throughput'], 1)} | {_fmt(step['load']['p99_behind_ms'], 2)} | "
@@ -186,7 +186,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """latency-<path>.png, throughput-<path>.png and (if scraped) stages-<path>.png."""
+    """latency-<route>.png, throughput-<route>.png and (if scraped) stages-<route>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,8 +194,8 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     written: list[Path] = []
     runs = [r for r in results["runs"] if r.get("steps")]
-    for path in sorted({r["path"] for r in runs}):
-        path_runs = [r for r in runs if r["path"] == path]
+    for route in sorted({r["route"] for r in runs}):
+        path_runs = [r for r in runs if r["route"] == route]
         fig, ax = plt.subplots(figsize=(8, 5))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, r in enumerate(path_runs):
@@ -216,11 +216,11 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             yscale="log",
             xlabel="offered load (events/s)",
             ylabel="latency to broker ack (ms)",
-            title=f"{path}: latency vs offered load",
+            title=f"{route}: latency vs offered load",
         )
         ax.legend(fontsize=7, ncol=2)
         ax.grid(True, which="both", alpha=0.3)
-        written.append(_save(fig, out_dir / f"latency-{path}.png"))
+        written.append(_save(fig, out_dir / f"latency-{route}.png"))
 
         fig, ax = plt.subplots(figsize=(8, 5))
         top = 1.0
@@ -233,11 +233,11 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set(
             xlabel="offered load (events/s)",
             ylabel="results per second of load",
-            title=f"{path}: throughput vs offered load",
+            title=f"{route}: throughput vs offered load",
         )
         ax.legend()
         ax.grid(True, alpha=0.3)
-        written.append(_save(fig, out_dir / f"throughput-{path}.png"))
+        written.append(_save(fig, out_dir / f"throughput-{route}.png"))
 
         staged = [r for r in path_runs if any(s.get("stages") for s in r["steps"])]
         for r in staged:
@@ -258,17 +258,17 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set(
                 xlabel="offered load (events/s)",
                 ylabel="mean ms per batch stage",
-                title=f"{r['contender']} {path}: where the time goes",
+                title=f"{r['contender']} {route}: where the time goes",
             )
             ax.legend()
-            written.append(_save(fig, out_dir / f"stages-{path}.png"))
+            written.append(_save(fig, out_dir / f"stages-{route}.png"))
     return written
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, route: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(route, dpi=110)
     plt.close(fig)
-    return path
+    return route

@@ -1,6 +1,6 @@
 """Per-stage latency of the streamer contender, from its Prometheus endpoint, per step.
 
-The service exports `streamer_stage_seconds{path,stage}` histograms; two scrapes around a step
+The service exports `streamer_stage_seconds{route,stage}` histograms; two scrapes around a step
 give that step's count, mean and an upper-bound P99 per stage (bucket resolution).
 """
 
@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 STAGE_METRIC = "streamer_stage_seconds"
 
-# (path, stage) -> {"count": n, "sum": seconds, "buckets": {le: cumulative count}}
+# (route, stage) -> {"count": n, "sum": seconds, "buckets": {le: cumulative count}}
 Snapshot = dict[tuple[str, str], dict[str, object]]
 
 
@@ -25,7 +25,7 @@ def parse_stages(text: str, metric: str = STAGE_METRIC) -> Snapshot:
         if family.name != metric:
             continue
         for s in family.samples:
-            key = (s.labels.get("path", ""), s.labels.get("stage", ""))
+            key = (s.labels.get("route", ""), s.labels.get("stage", ""))
             entry = snap.setdefault(key, {"count": 0.0, "sum": 0.0, "buckets": {}})
             if s.name.endswith("_count"):
                 entry["count"] = s.value
@@ -40,7 +40,7 @@ def parse_stages(text: str, metric: str = STAGE_METRIC) -> Snapshot:
 class StageStats:
     """One stage over one step."""
 
-    path: str
+    route: str
     stage: str
     count: int
     mean_ms: float
@@ -49,7 +49,7 @@ class StageStats:
 
 
 def stage_deltas(before: Snapshot, after: Snapshot) -> list[StageStats]:
-    """What happened between two scrapes, per (path, stage)."""
+    """What happened between two scrapes, per (route, stage)."""
     out = []
     for key, a in sorted(after.items()):
         b = before.get(key, {"count": 0.0, "sum": 0.0, "buckets": {}})

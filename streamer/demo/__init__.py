@@ -3,9 +3,9 @@
 `make demo` calls this. It starts the local Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is
 set), takes the trained model shipped in models/ (compiled for the cpu target on first use),
 sizes the offered load to this machine (`sizing`), creates fresh topics, runs `streamer run` as
-one process per path, offers real queries and product pairs (../shared/data, else the bundled
+one process per route, offers real queries and product pairs (../shared/data, else the bundled
 sample) with a share of malformed records for the given duration, prints events in / results
-out / DLQ / TPS / P50 / P99 per path, then a few answers read back from the result topics
+out / DLQ / TPS / P50 / P99 per route, then a few answers read back from the result topics
 (`examples`).
 """
 
@@ -62,18 +62,18 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             **{f"STREAMER_TOPIC_{k.upper()}": v for k, v in topics.items()},
         }
     )
-    # One service process per path, as deployed: on a CPU a pair batch runs 100+ ms and in a
-    # shared worker it would sit in front of the intent batches (latency-first path).
+    # One service process per route, as deployed: on a CPU a pair batch runs 100+ ms and in a
+    # shared worker it would sit in front of the intent batches (latency-first route).
     services: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
-    for offset, path in enumerate(("intent", "duplicate")):
+    for offset, route in enumerate(("intent", "duplicate")):
         port = args.metrics_port + offset
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamer-demo-{tag}-{path}.log"
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamer-demo-{tag}-{route}.log"
         path_env = env | {
-            "STREAMER_PATHS": path,
-            "STREAMER_GROUP_ID": f"demo-{tag}-{path}",
+            "STREAMER_ROUTES": route,
+            "STREAMER_GROUP_ID": f"demo-{tag}-{route}",
             "STREAMER_METRICS_PORT": str(port),
         }
-        if path == "duplicate":
+        if route == "duplicate":
             # Two services share this machine: the pair service must not take every core, as
             # a pair-only service alone on its machine does (the intent P99 doubled when it did).
             path_env.setdefault(
@@ -83,15 +83,15 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streamer", "run"], env=path_env, stdout=log, stderr=log
             )
-        services[path] = (proc, port, log_path)
+        services[route] = (proc, port, log_path)
     try:
-        for path, (proc, port, log_path) in services.items():
+        for route, (proc, port, log_path) in services.items():
             if not _wait_ready(port, proc, 120):
-                console.print(f"[red]{path} service did not become ready; log: {log_path}[/red]")
+                console.print(f"[red]{route} service did not become ready; log: {log_path}[/red]")
                 console.print(log_path.read_text()[-3000:])
                 return 1
             console.print(
-                f"{path} service up (artifact {artifact.name}); metrics: "
+                f"{route} service up (artifact {artifact.name}); metrics: "
                 f"http://127.0.0.1:{port}/metrics  log: {log_path}"
             )
         sinks = {
@@ -127,14 +127,14 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             await asyncio.sleep(0.2)
         dlq_count = sum(sinks["dlq"].recorder.seen.values()) + sinks["dlq"].recorder.unknown
         table = Table(title=f"streamer demo ({args.duration:.0f} s, artifact {artifact.name})")
-        for col in ("path", "events in", "malformed", "results out", "missing", "duplicates",
+        for col in ("route", "events in", "malformed", "results out", "missing", "duplicates",
                     "TPS", "P50 ms", "P99 ms", "P99.9 ms", "max ms"):  # fmt: skip
             table.add_column(col, justify="right")
-        for path, load in loads.items():
-            rep = sinks[path].recorder.report()
-            missing = len(set(load.scheduled_ms) - sinks[path].recorder.seen.keys())
+        for route, load in loads.items():
+            rep = sinks[route].recorder.report()
+            missing = len(set(load.scheduled_ms) - sinks[route].recorder.seen.keys())
             table.add_row(
-                path, str(load.sent), str(load.bad), str(rep.received), str(missing),
+                route, str(load.sent), str(load.bad), str(rep.received), str(missing),
                 str(rep.duplicates), f"{rep.unique / args.duration:.0f}",
                 f"{rep.observed.p50_ms:.1f}", f"{rep.observed.p99_ms:.1f}",
                 f"{rep.observed.p999_ms:.1f}", f"{rep.observed.max_ms:.1f}",
@@ -151,9 +151,9 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
     finally:
         for proc, _, _ in services.values():
             proc.send_signal(signal.SIGTERM)
-        for path, (proc, _, _) in services.items():
+        for route, (proc, _, _) in services.items():
             try:
-                print(f"{path} service drained and exited with code {proc.wait(timeout=40)}")
+                print(f"{route} service drained and exited with code {proc.wait(timeout=40)}")
             except subprocess.TimeoutExpired:
                 proc.kill()
 

@@ -72,7 +72,7 @@ def measure_ceilings(artifact: Path, budget_s: float = 2.0) -> Ceilings:
         )
     intent = _time_batches(lambda *a: runner.run(Task.INTENT, *a), q_batches, budget_s)
     dup = _time_batches(lambda *a: runner.run(Task.DUPLICATE, *a), p_batches, budget_s)
-    return Ceilings(intent, dup, runner.manifest.variant, runner.selection)
+    return Ceilings(intent, dup, runner.model.variant, runner.selection)
 
 
 def _arrays(batch: object) -> tuple[np.ndarray, ...]:

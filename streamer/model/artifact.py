@@ -2,7 +2,7 @@
 
 ```
 <name>-<version>/
-  model.safetensors   MultiTaskBert state dict (fp32)
+  model.safetensors   MultiTaskBert state dict (fp32, or fp16 for the shipped trained model)
   config.json         format, model name/version, backbone BertConfig, lengths, buckets,
                       duplicate threshold, serialization version
   labels.json         {"intent": [label, ...]}: the label set lives here, not in code
@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,11 @@ EVAL = "eval.json"
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """What serving needs to know about a model besides its weights."""
+    """What serving needs to know about a model besides its weights: the one identity type.
+
+    Read from config.json + labels.json of a trained or compiled artifact (`read_meta`). A
+    served model also says which compiled target and variant run it (`served`).
+    """
 
     name: str
     version: str
@@ -51,6 +55,12 @@ class ModelMeta:
     serialization: str = "fields-v1"
     buckets: dict[Task, Buckets] = field(default_factory=lambda: dict(DEFAULT_BUCKETS))
     backbone: dict[str, Any] = field(default_factory=dict)
+    target: str = ""  # compiled target (cpu, cuda, neuron, neuronx); "" for a trained artifact
+    variant: str = ""  # the compiled variant that serves (int8, fp32, bfloat16, ...)
+
+    def served(self, target: str, variant: str) -> ModelMeta:
+        """The same model as served by one variant of a compiled target."""
+        return replace(self, target=target, variant=variant)
 
     @property
     def full_name(self) -> str:
@@ -141,13 +151,20 @@ def save_trained(
     *,
     model_card: str | None = None,
     eval_metrics: dict[str, Any] | None = None,
+    dtype: Any = None,
 ) -> Path:
-    """Write a trained artifact directory for `model` (a MultiTaskBert)."""
+    """Write a trained artifact directory for `model` (a MultiTaskBert).
+
+    `dtype` (e.g. torch.float16) narrows the floating-point weights as stored; `load_trained`
+    widens them back to fp32. None keeps the model's own dtype.
+    """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(out_dir / WEIGHTS), metadata={"format": TRAINED_FORMAT})
     write_meta(out_dir, meta)
     shutil.copyfile(tokenizer_json, out_dir / TOKENIZER)
@@ -169,7 +186,7 @@ def load_trained(
     from safetensors.torch import load_file
     from transformers import BertConfig
 
-    from streamer.model.network import MultiTaskBert
+    from streamer.model.network import MultiTaskBert  # lazy: torch is heavy
 
     artifact_dir = Path(artifact_dir)
     meta = read_meta(artifact_dir)
@@ -189,17 +206,3 @@ def load_trained(
     model.to(dtype).load_state_dict(state, strict=True)
     model.eval()
     return model, meta
-
-
-def read_manifest(artifact_dir: Path) -> dict[str, Any]:
-    """manifest.json of a compiled artifact (see `streamer.model.manifest`)."""
-    from streamer.model.manifest import read_manifest as _read
-
-    return _read(artifact_dir)
-
-
-def encoder_for(artifact_dir: Path) -> Any:
-    """The tokenize.Encoder configured from an artifact (trained or compiled)."""
-    from streamer.model.tokenize import Encoder
-
-    return Encoder.from_artifact(Path(artifact_dir))

@@ -54,25 +54,29 @@ class Buckets:
         return cls(tuple(data["batch_sizes"]), tuple(data["seq_lens"]))
 
 
-def _smallest_fitting(sizes: Sequence[int], n: int, what: str) -> int:
-    if n <= 0:
-        raise ValueError(f"{what} must be positive, got {n}")
-    for size in sorted(sizes):
-        if size >= n:
-            return size
-    raise ValueError(f"{what} {n} exceeds the largest bucket {max(sizes)}")
+def _smallest_fitting(sizes: Sequence[int], n: int, what: str, minimum: int) -> int:
+    """The one bucket rule: the smallest size >= n (batcher, encoder and compilers alike)."""
+    if n < minimum:
+        raise ValueError(
+            f"{what} must be {'positive' if minimum == 1 else 'non-negative'}, got {n}"
+        )
+    fitting = [size for size in sizes if size >= n]
+    if not fitting:
+        raise ValueError(f"{what} {n} exceeds the largest compiled bucket {max(sizes)}")
+    return min(fitting)
 
 
-def choose_seq_len(buckets: Buckets | Sequence[int], max_len: int) -> int:
-    """Smallest bucket sequence length >= max_len (the caller truncates to the largest first)."""
+def choose_seq_len(buckets: Buckets | Sequence[int], n_tokens: int) -> int:
+    """Smallest bucket sequence length >= n_tokens (0 fits the smallest; the caller truncates
+    to the largest first)."""
     sizes = buckets.seq_lens if isinstance(buckets, Buckets) else buckets
-    return _smallest_fitting(sizes, max_len, "sequence length")
+    return _smallest_fitting(sizes, n_tokens, "sequence length", minimum=0)
 
 
-def choose_batch(buckets: Buckets | Sequence[int], n: int) -> int:
-    """Smallest bucket batch size >= n (the caller splits n above the largest bucket)."""
+def choose_batch(buckets: Buckets | Sequence[int], rows: int) -> int:
+    """Smallest bucket batch size >= rows (the caller splits rows above the largest bucket)."""
     sizes = buckets.batch_sizes if isinstance(buckets, Buckets) else buckets
-    return _smallest_fitting(sizes, n, "batch size")
+    return _smallest_fitting(sizes, rows, "batch size", minimum=1)
 
 
 def all_shapes(buckets: Mapping[Task, Buckets]) -> list[tuple[int, int]]:

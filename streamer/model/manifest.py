@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from streamer.model.artifact import ArtifactError, sha256_file
+from streamer.model.artifact import ArtifactError, ModelMeta, read_meta, sha256_file
 
 MANIFEST = "manifest.json"
 SERVING_FORMAT = "streamer-serving-v1"
@@ -68,3 +68,14 @@ def verify_checksums(artifact_dir: Path, manifest: dict[str, Any]) -> None:
             f"{artifact_dir} does not match its manifest: "
             f"missing={missing} unexpected={extra} modified={changed}"
         )
+
+
+def served_meta(
+    artifact_dir: Path, manifest: dict[str, Any] | None = None, variant: str | None = None
+) -> ModelMeta:
+    """The model identity of a compiled artifact as one variant serves it (default: the
+    manifest's default variant; the loader's start-up check may serve another)."""
+    manifest = manifest if manifest is not None else read_manifest(artifact_dir)
+    return read_meta(artifact_dir).served(
+        manifest["target"], variant or manifest["default_variant"]
+    )

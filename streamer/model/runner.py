@@ -9,65 +9,30 @@ floor here is replaced by the manifest's fallback (fp32), and the runner says wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamer.model.artifact import ArtifactError, BackendUnavailableError
-from streamer.model.buckets import Buckets, all_shapes
+from streamer.model.artifact import ArtifactError, BackendUnavailableError, ModelMeta
+from streamer.model.buckets import all_shapes
 from streamer.model.hardware import cpu_description, flags_line
-from streamer.model.manifest import read_manifest, verify_checksums
+from streamer.model.manifest import read_manifest, served_meta, verify_checksums
 from streamer.model.parity import Forward, check, load_golden, summary
 from streamer.model.tasks import Task
-
-
-@dataclass(frozen=True)
-class RunnerManifest:
-    """What callers need from the manifest: labels, buckets, threshold, model identity."""
-
-    name: str
-    version: str
-    target: str
-    variant: str
-    labels: tuple[str, ...]
-    buckets: dict[Task, Buckets]
-    duplicate_threshold: float
-    max_query_len: int
-    max_pair_len: int
-    serialization: str
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], variant: str) -> RunnerManifest:
-        """Build from a parsed manifest.json."""
-        return cls(
-            name=manifest["model"]["name"],
-            version=manifest["model"]["version"],
-            target=manifest["target"],
-            variant=variant,
-            labels=tuple(manifest["labels"]),
-            buckets={Task[k.upper()]: Buckets.from_json(v) for k, v in manifest["buckets"].items()},
-            duplicate_threshold=float(manifest["duplicate_threshold"]),
-            max_query_len=int(manifest["max_query_len"]),
-            max_pair_len=int(manifest["max_pair_len"]),
-            serialization=manifest["serialization"],
-            raw=manifest,
-        )
 
 
 class Runner:
     """Scores padded int32 token batches for either head of a compiled model."""
 
-    def __init__(self, manifest: RunnerManifest, forward: Forward, selection: str = "") -> None:
-        self.manifest = manifest
+    def __init__(self, model: ModelMeta, forward: Forward, selection: str = "") -> None:
+        self.model = model  # identity, labels, buckets, threshold; target and variant served
         self.selection = selection  # why this variant serves (the start-up parity verdict)
         self._forward = forward
 
     def describe(self) -> dict[str, str]:
         """Identity of what serves: model, version, target, variant and why (JSON-safe)."""
-        m = self.manifest
+        m = self.model
         return {
             "model": m.name,
             "version": m.version,
@@ -159,7 +124,7 @@ def _forward_for(
         return _cuda_forward(artifact_dir, manifest, variant)
     from streamer.model.backend_neuron import NeuronForward
 
-    meta = RunnerManifest.from_manifest(manifest, variant)
+    meta = served_meta(artifact_dir, manifest, variant)
     return NeuronForward(artifact_dir, target, all_shapes(meta.buckets))
 
 
@@ -195,16 +160,16 @@ def load_runner(
     for name in candidates:
         if force:
             forward = _forward_for(artifact_dir, manifest, name, threads)
-            return Runner(RunnerManifest.from_manifest(manifest, name), forward, "forced")
+            return Runner(served_meta(artifact_dir, manifest, name), forward, "forced")
         check_parity(manifest, name, force)
         forward = _forward_for(artifact_dir, manifest, name, threads)
         if golden is None:
-            return Runner(RunnerManifest.from_manifest(manifest, name), forward, "no golden set")
+            return Runner(served_meta(artifact_dir, manifest, name), forward, "no golden set")
         report = check(forward, golden, threshold)
         if report["passed"]:
             verdict = f"{name} met the parity floor on this machine: {summary(report)}"
             return Runner(
-                RunnerManifest.from_manifest(manifest, name), forward, "; ".join([*misses, verdict])
+                served_meta(artifact_dir, manifest, name), forward, "; ".join([*misses, verdict])
             )
         misses.append(
             f"{name} missed the parity floor on this machine "

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from streamer.model.buckets import Buckets, choose_seq_len
+from streamer.model.artifact import TOKENIZER, read_meta
+from streamer.model.buckets import Buckets, choose_seq_len, pad_to_shape
 from streamer.model.serialize import serialize_product
 from streamer.model.tasks import Task
-from streamer.model.vocab import CLS_ID, SEP_ID
 
 
 @dataclass(frozen=True)
@@ -41,25 +41,20 @@ class EncodedBatch:
         return int(self.input_ids.shape[1])
 
     def pad_rows(self, batch_size: int) -> EncodedBatch:
-        """Append filler rows up to a batch bucket; a filler row is an empty `[CLS] [SEP]` input.
-
-        Filler rows attend to real tokens so no backend sees an all-masked row (NaN-prone);
-        their outputs are discarded by the caller.
-        """
+        """Append filler rows up to a batch bucket (`buckets.pad_to_shape`'s filler rule)."""
         extra = batch_size - self.batch_size
         if extra < 0:
             raise ValueError(f"batch of {self.batch_size} does not fit {batch_size}")
         if extra == 0:
             return self
-        ids = np.zeros((extra, self.seq_len), np.int32)
-        mask = np.zeros((extra, self.seq_len), np.int32)
-        ids[:, 0], ids[:, 1] = CLS_ID, SEP_ID
-        mask[:, :2] = 1
+        ids, mask, types = pad_to_shape(
+            self.input_ids, self.attention_mask, self.token_type_ids, batch_size, self.seq_len
+        )
         return EncodedBatch(
-            np.concatenate([self.input_ids, ids]),
-            np.concatenate([self.attention_mask, mask]),
-            np.concatenate([self.token_type_ids, np.zeros_like(ids)]),
-            np.concatenate([self.lengths, np.full(extra, 2, np.int32)]),
+            ids,
+            mask,
+            types,
+            np.concatenate([self.lengths, mask[self.batch_size :].sum(axis=1, dtype=np.int32)]),
             np.concatenate([self.truncated, np.zeros(extra, bool)]),
         )
 
@@ -118,11 +113,9 @@ class Encoder:
     @classmethod
     def from_artifact(cls, artifact_dir: Path) -> Encoder:
         """Build from a trained or compiled artifact (its tokenizer.json and config.json)."""
-        from streamer.model.artifact import read_meta
-
         meta = read_meta(artifact_dir)
         return cls.from_files(
-            Path(artifact_dir) / "tokenizer.json",
+            Path(artifact_dir) / TOKENIZER,
             meta.buckets,
             meta.max_query_len,
             meta.max_pair_len,

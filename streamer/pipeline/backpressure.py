@@ -56,12 +56,18 @@ class Backpressure:
 
     @classmethod
     def for_budget(
-        cls, target_tps: float, p99_budget_s: float, *, resume_fraction: float = 0.5
+        cls,
+        target_tps: float,
+        p99_budget_s: float,
+        *,
+        resume_fraction: float = 0.5,
+        floor: int = 2,
     ) -> Backpressure:
-        """Thresholds from Little's law: pause at the bound, resume at a fraction of it."""
+        """Thresholds from Little's law: pause at the bound (at least `floor`), resume at a
+        fraction of it."""
         if not 0 <= resume_fraction < 1:
             raise ValueError(f"resume_fraction must be in [0, 1), got {resume_fraction}")
-        high = inflight_limit(target_tps, p99_budget_s, floor=2)
+        high = inflight_limit(target_tps, p99_budget_s, floor=max(2, floor))
         return cls(high=high, low=min(high - 1, int(high * resume_fraction)))
 
     def add(self, n: int = 1) -> None:

@@ -2,7 +2,7 @@
 
 Compiled models (Neuron, CUDA graphs, fixed-shape ONNX) run a small set of static shapes:
 a batch of ``rows`` rows whose longest row has ``n`` tokens runs as
-``batch_bucket(rows) x seq_bucket(n)``. That padded area is what the device pays, so the
+``choose_batch(rows) x choose_seq_len(n)`` (`streamer.model.buckets`). That padded area is what the device pays, so the
 token budget is counted exactly that way (as TEI's ``queue.rs`` counts ``max_len x n``,
 here with the batch padding included): one long row in a batch of short ones makes every
 row pay its length, and 17 rows pay for the 32-row bucket.
@@ -35,45 +35,23 @@ return one batch per call: call them until they return None.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from streamer.model.buckets import choose_batch, choose_seq_len
 
 __all__ = [
     "Batch",
     "BatchPolicy",
     "MicroBatcher",
-    "batch_bucket",
     "duplicate_policy",
     "intent_policy",
-    "seq_bucket",
 ]
 
 T = TypeVar("T")
-
-
-def _smallest_fitting(buckets: Sequence[int], need: int, what: str) -> int:
-    i = bisect.bisect_left(buckets, need)
-    if i == len(buckets):
-        raise ValueError(f"{what} {need} exceeds the largest compiled bucket {buckets[-1]}")
-    return buckets[i]
-
-
-def seq_bucket(buckets: Sequence[int], n_tokens: int) -> int:
-    """Compiled sequence length for a row of n_tokens: the smallest bucket >= n_tokens."""
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-    return _smallest_fitting(buckets, n_tokens, "sequence of length")
-
-
-def batch_bucket(buckets: Sequence[int], rows: int) -> int:
-    """Compiled batch size for rows rows: the smallest bucket >= rows."""
-    if rows < 1:
-        raise ValueError(f"rows must be >= 1, got {rows}")
-    return _smallest_fitting(buckets, rows, "batch of rows")
 
 
 def _check_buckets(name: str, buckets: tuple[int, ...]) -> None:
@@ -90,7 +68,7 @@ class BatchPolicy:
     """Limits of one task's batches and the shapes its compiled model accepts."""
 
     max_batch: int  # rows
-    max_padded_tokens: int  # seq_bucket(longest row) x batch_bucket(rows)
+    max_padded_tokens: int  # choose_seq_len(longest row) x choose_batch(rows)
     max_linger_s: float  # upper bound of waiting for more rows
     seq_buckets: tuple[int, ...]  # compiled sequence lengths, ascending
     batch_buckets: tuple[int, ...]  # compiled batch sizes, ascending
@@ -113,7 +91,7 @@ class BatchPolicy:
 
     def padded_tokens(self, rows: int, longest: int) -> int:
         """Area a batch of rows rows with longest row longest pays on a static-shape device."""
-        return seq_bucket(self.seq_buckets, longest) * batch_bucket(self.batch_buckets, rows)
+        return choose_seq_len(self.seq_buckets, longest) * choose_batch(self.batch_buckets, rows)
 
 
 def intent_policy(
@@ -251,8 +229,8 @@ class MicroBatcher(Generic[T]):
         return Batch(
             items=open_.items,
             lengths=open_.lengths,
-            seq_len=seq_bucket(self.policy.seq_buckets, open_.longest),
-            padded_rows=batch_bucket(self.policy.batch_buckets, len(open_.items)),
+            seq_len=choose_seq_len(self.policy.seq_buckets, open_.longest),
+            padded_rows=choose_batch(self.policy.batch_buckets, len(open_.items)),
             opened_at=open_.opened_at,
             closed_at=now,
             reason=reason,
@@ -261,7 +239,7 @@ class MicroBatcher(Generic[T]):
     def add(self, item: T, n_tokens: int, now: float) -> list[Batch[T]]:
         """Add a row; returns the 0..2 batches this closes (the open one, then possibly this)."""
         policy = self.policy
-        bucket = seq_bucket(policy.seq_buckets, n_tokens)  # validate before touching state
+        bucket = choose_seq_len(policy.seq_buckets, n_tokens)  # validate before touching state
         key = bucket if policy.group_by_length else 0
         closed: list[Batch[T]] = []
         open_ = self._open.get(key)

@@ -99,6 +99,16 @@ class Executor(Protocol):
         """What the runners serve (model, version, target, variant, why), once started."""
         ...
 
+    def live_workers(self) -> int:
+        """Workers ready to take batches now (the service's readiness probe)."""
+        ...
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The thread-pool variables a worker's libraries read at import (the one place they are set)."""
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
 
 def check_batch(
     input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
@@ -155,6 +165,10 @@ class InProcessExecutor:
     def runner_info(self) -> dict[str, Any]:
         """What the runner says it serves."""
         return runner_identity(self._runner) if self._runner is not None else {}
+
+    def live_workers(self) -> int:
+        """1 once the runner is loaded and until close."""
+        return int(self._runner is not None and not self._closed)
 
     async def start(self) -> None:
         """Build the runner on the runner thread (loading can take seconds)."""
@@ -339,13 +353,7 @@ class MultiprocExecutor:
         return sum(s.state is SeatState.READY for s in self._sup.seats)
 
     def _env_for(self, index: int) -> dict[str, str]:
-        n = str(self.threads_per_worker)
-        env = {
-            "OMP_NUM_THREADS": n,
-            "MKL_NUM_THREADS": n,
-            "OPENBLAS_NUM_THREADS": n,
-            "STREAMER_WORKER_INDEX": str(index),
-        }
+        env = thread_env(self.threads_per_worker) | {"STREAMER_WORKER_INDEX": str(index)}
         if self._env_per_worker is not None:
             env.update(self._env_per_worker(index))
         return env

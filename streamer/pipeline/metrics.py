@@ -30,14 +30,14 @@ STAGES = ("fetch", "queue", "linger", "model", "produce")
 
 
 class Metrics:
-    """All metrics of one service instance, labelled by path where it matters."""
+    """All metrics of one service instance, labelled by route where it matters."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.e2e_latency = Histogram(
             "streamer_end_to_end_seconds",
             "Source timestamp to produce acknowledgement, per record.",
-            ["path"],
+            ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -45,7 +45,7 @@ class Metrics:
             "streamer_stage_seconds",
             "Per-batch stage latency: fetch (source ts -> fetched), queue (fetched -> batch "
             "open), linger (open -> close), model (submit -> scores), produce (send -> ack).",
-            ["path", "stage"],
+            ["route", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -53,41 +53,44 @@ class Metrics:
             "streamer_batches_total",
             "Batches dispatched, by why they closed: size, tokens, linger, idle (a worker was "
             "free), flush (drain, rebalance, paused).",
-            ["path", "reason"],
+            ["route", "reason"],
             registry=r,
         )
         self.batch_size = Histogram(
             "streamer_batch_rows",
             "Real rows per batch.",
-            ["path"],
+            ["route"],
             buckets=SIZE_BUCKETS,
             registry=r,
         )
         self.batch_fill = Histogram(
             "streamer_batch_fill_ratio",
             "Real tokens / padded tokens of a batch (how much compute is padding).",
-            ["path"],
+            ["route"],
             buckets=FILL_BUCKETS,
             registry=r,
         )
         self.records_in = Counter(
-            "streamer_records_in_total", "Records fetched.", ["path"], registry=r
+            "streamer_records_in_total", "Records fetched.", ["route"], registry=r
         )
         self.results_out = Counter(
             "streamer_results_out_total",
             "Results acknowledged by the broker.",
-            ["path"],
+            ["route"],
             registry=r,
         )
         self.dlq = Counter(
             "streamer_dlq_total", "Records sent to the DLQ, by error code.", ["code"], registry=r
         )
         self.inflight = Gauge(
-            "streamer_inflight_records", "Records fetched but not yet acknowledged.", ["path"],
+            "streamer_inflight_records", "Records fetched but not yet acknowledged.", ["route"],
             registry=r,
         )  # fmt: skip
         self.paused_partitions = Gauge(
-            "streamer_paused_partitions", "Partitions paused by backpressure.", ["path"], registry=r
+            "streamer_paused_partitions",
+            "Partitions paused by backpressure.",
+            ["route"],
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "streamer_consumer_lag",
@@ -100,11 +103,24 @@ class Metrics:
         )
         self.commits = Counter("streamer_commits_total", "Offset commits.", registry=r)
         self.linger_seconds = Gauge(
-            "streamer_linger_seconds", "Current adaptive linger of the batcher.", ["path"],
+            "streamer_linger_seconds", "Current adaptive linger of the batcher.", ["route"],
             registry=r,
         )  # fmt: skip
         self.produce_errors = Counter(
             "streamer_produce_errors_total", "Failed sends that were retried.", registry=r
+        )
+        self.linger_inputs = Gauge(
+            "streamer_linger_input_p99_seconds",
+            "Recent P99 of each stage that the linger controller subtracts from the latency "
+            "budget (the linger is what is left).",
+            ["route", "stage"],
+            registry=r,
+        )
+        self.ignored_completions = Gauge(
+            "streamer_ignored_completions",
+            "Acknowledgements that matched no pending record: late after a revocation, or a "
+            "record answered twice (result and dead letter).",
+            registry=r,
         )
         self.model_info = Gauge(
             "streamer_model_info",

@@ -40,7 +40,7 @@ class _PartitionState:
     order: deque[int] = field(default_factory=deque)  # tracked, not yet popped, ascending
     pending: set[int] = field(default_factory=set)  # tracked and not done
     last_tracked: int | None = None
-    committed: int | None = None  # last offset passed to mark_committed (or assign)
+    committed: int | None = None  # last offset passed to mark_committed
 
     def commit_point(self) -> int | None:
         """Next offset to consume: the lowest pending offset, else last tracked + 1."""
@@ -58,13 +58,6 @@ class OffsetWatermark:
         self._parts: dict[Hashable, _PartitionState] = {}
         self._total_pending = 0
         self.ignored = 0  # done() calls that matched nothing pending (late or duplicate acks)
-
-    def assign(self, tp: Hashable, committed: int | None = None) -> None:
-        """Start a partition with its already-committed offset so advanced() skips no-ops."""
-        if committed is not None and committed < 0:
-            raise ValueError(f"committed offset must be >= 0, got {committed}")
-        self.forget(tp)
-        self._parts[tp] = _PartitionState(committed=committed)
 
     def track(self, tp: Hashable, offset: int) -> None:
         """Register a fetched record that enters the pipeline (offsets ascend per partition)."""
@@ -119,11 +112,6 @@ class OffsetWatermark:
         # so advanced() never re-offers a point that is already covered.
         if state.committed is None or offset > state.committed:
             state.committed = offset
-
-    def committed(self, tp: Hashable) -> int | None:
-        """Highest offset recorded by mark_committed/assign for tp, None if none."""
-        state = self._parts.get(tp)
-        return None if state is None else state.committed
 
     def pending(self, tp: Hashable | None = None) -> int:
         """Records in flight for tp, or over all partitions when tp is None."""

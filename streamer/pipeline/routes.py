@@ -1,21 +1,24 @@
-"""What differs between the intent path and the duplicate path: decode, tokenize, build results.
+"""What differs between the two routes (intent, duplicate): decode, tokenize, results, payloads.
 
-Each handler turns fetched records into rows of token ids (one tokenizer call per fetched
-chunk, not per record) and turns a batch's scores back into result records. The service
-around it is the same for both paths.
+A route is one inference path of DESIGN.md section 1: its source topic, its model head and its
+result topic. Each handler turns fetched records into rows of token ids (one tokenizer call per
+fetched chunk, not per record) and a batch's scores back into result records. Everything else
+in the pipeline is the same for both routes and never asks which route it serves.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from streamer.config import PathName, Settings
+from streamer.config import Route, Settings
 from streamer.errors import EncodeError
+from streamer.model.artifact import ModelMeta
+from streamer.model.buckets import pad_to_shape
 from streamer.model.tasks import Task
 from streamer.records import codec
 from streamer.records.types import DuplicateResult, IntentResult, ProductPairEvent, QueryEvent
@@ -33,7 +36,6 @@ class Row:
     key: bytes | None
     event: QueryEvent | ProductPairEvent
     source_ts_ms: int
-    fetched_at: float  # time.monotonic() when fetched
     input_ids: np.ndarray  # int32 (n_tokens,)
     token_type_ids: np.ndarray  # int32 (n_tokens,)
     truncated: bool
@@ -52,66 +54,52 @@ class EncoderLike(Protocol):
     def encode_products(self, lefts: list[Any], rights: list[Any]) -> Any: ...
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What results carry about the model, read once from the artifact manifest."""
-
-    name: str
-    version: str
-    labels: tuple[str, ...]
-    duplicate_threshold: float
-
-
-def pack_batch(rows: Sequence[Row], padded_rows: int, seq_len: int) -> tuple[np.ndarray, ...]:
-    """Pad rows into the bucket shape: int32 input ids, attention mask, token type ids.
-
-    Filler rows (beyond len(rows)) are an empty `[CLS] [SEP]` input, never an all-masked row,
-    which some backends turn into NaN; their outputs are discarded.
-    """
-    from streamer.model.tokenize import CLS_ID, SEP_ID
-
-    ids = np.zeros((padded_rows, seq_len), dtype=np.int32)
-    mask = np.zeros((padded_rows, seq_len), dtype=np.int32)
-    types = np.zeros((padded_rows, seq_len), dtype=np.int32)
+def pack_rows(rows: Sequence[Row], padded_rows: int, seq_len: int) -> tuple[np.ndarray, ...]:
+    """Rows into the bucket shape (int32 ids, mask, type ids); filler rows by `pad_to_shape`."""
+    n = len(rows)
+    ids = np.zeros((n, seq_len), dtype=np.int32)
+    types = np.zeros((n, seq_len), dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int64)
     for i, row in enumerate(rows):
-        n = min(row.n_tokens, seq_len)
-        ids[i, :n] = row.input_ids[:n]
-        mask[i, :n] = 1
-        types[i, :n] = row.token_type_ids[:n]
-    if padded_rows > len(rows):
-        ids[len(rows) :, 0], ids[len(rows) :, 1] = CLS_ID, SEP_ID
-        mask[len(rows) :, :2] = 1
-    return ids, mask, types
+        k = min(row.n_tokens, seq_len)
+        ids[i, :k] = row.input_ids[:k]
+        types[i, :k] = row.token_type_ids[:k]
+        lengths[i] = k
+    mask = (np.arange(seq_len) < lengths[:, None]).astype(np.int32)
+    if padded_rows == n:
+        return ids, mask, types
+    return pad_to_shape(ids, mask, types, padded_rows, seq_len)
 
 
 def _rows_from_encoding(encoded: Any) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     """Split a padded encoder output into per-row (ids, type ids, truncated) views."""
-    out = []
     lengths = encoded.lengths
-    for i in range(len(lengths)):
-        n = int(lengths[i])
-        out.append(
-            (
-                encoded.input_ids[i, :n],
-                encoded.token_type_ids[i, :n],
-                bool(encoded.truncated[i]),
-            )
+    return [
+        (
+            encoded.input_ids[i, : int(lengths[i])],
+            encoded.token_type_ids[i, : int(lengths[i])],
+            bool(encoded.truncated[i]),
         )
-    return out
+        for i in range(len(lengths))
+    ]
+
+
+def source_ts_ms(event: Any, kafka_ts_ms: int) -> int:
+    """The event's own timestamp if it has one, else the Kafka record's."""
+    ts = getattr(event, "ts_ms", None)
+    return int(ts) if ts is not None else int(kafka_ts_ms)
 
 
 @dataclass
-class PathHandler:
-    """Base for the two paths: topics, task and the result builder."""
+class RouteHandler:
+    """Base of the two routes: topics, model head and the route-specific record handling."""
 
-    name: PathName
+    route: Route
     task: Task
     source_topic: str
     result_topic: str
-    model: ModelInfo
+    model: ModelMeta
     encoder: EncoderLike
-    settings: Settings
-    schema: str = field(default="")
 
     def decode(self, raw: bytes) -> QueryEvent | ProductPairEvent:
         """Decode and validate one record; raises DecodeError."""
@@ -125,15 +113,25 @@ class PathHandler:
         """Encoded result per row, or the EncodeError (e.g. NaN score) that sends it to the DLQ."""
         raise NotImplementedError
 
+    def payload(self, event: Any) -> bytes:
+        """The event re-encoded, for a dead letter of a row whose inference failed alone."""
+        raise NotImplementedError
 
-class IntentHandler(PathHandler):
+
+@dataclass
+class IntentRoute(RouteHandler):
     """Query -> intent label with confidence and top-k scores."""
 
+    max_query_chars: int = 512
+
     def decode(self, raw: bytes) -> QueryEvent:
-        return codec.decode_query(raw, max_query_chars=self.settings.max_query_chars)
+        return codec.decode_query(raw, max_query_chars=self.max_query_chars)
 
     def tokenize(self, events: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         return _rows_from_encoding(self.encoder.encode_queries([e.query for e in events]))
+
+    def payload(self, event: Any) -> bytes:
+        return bytes(codec.encode_query_event(event))
 
     def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes | EncodeError]:
         labels = self.model.labels
@@ -163,7 +161,8 @@ class IntentHandler(PathHandler):
         return out
 
 
-class DuplicateHandler(PathHandler):
+@dataclass
+class DuplicateRoute(RouteHandler):
     """Product pair -> customer-perceived duplicate probability and decision."""
 
     def decode(self, raw: bytes) -> ProductPairEvent:
@@ -175,6 +174,9 @@ class DuplicateHandler(PathHandler):
                 [product_fields(e.left) for e in events], [product_fields(e.right) for e in events]
             )
         )
+
+    def payload(self, event: Any) -> bytes:
+        return bytes(codec.encode_pair_event(event))
 
     def results(self, rows: Sequence[Row], scores: np.ndarray) -> list[bytes | EncodeError]:
         threshold = self.model.duplicate_threshold
@@ -224,31 +226,21 @@ def product_fields(product: Any) -> dict[str, object]:
     }
 
 
-def make_handlers(settings: Settings, model: ModelInfo, encoder: EncoderLike) -> list[PathHandler]:
-    """One handler per path enabled in settings."""
-    handlers: list[PathHandler] = []
-    if PathName.INTENT in settings.paths:
+def make_routes(settings: Settings, model: ModelMeta, encoder: EncoderLike) -> list[RouteHandler]:
+    """One handler per route enabled in settings."""
+    handlers: list[RouteHandler] = []
+    if Route.INTENT in settings.routes:
         handlers.append(
-            IntentHandler(
-                PathName.INTENT,
-                Task.INTENT,
-                settings.topic_queries,
-                settings.topic_intents,
-                model,
-                encoder,
-                settings,
+            IntentRoute(
+                Route.INTENT, Task.INTENT, settings.topic_queries, settings.topic_intents,
+                model, encoder, max_query_chars=settings.max_query_chars,
             )
-        )
-    if PathName.DUPLICATE in settings.paths:
+        )  # fmt: skip
+    if Route.DUPLICATE in settings.routes:
         handlers.append(
-            DuplicateHandler(
-                PathName.DUPLICATE,
-                Task.DUPLICATE,
-                settings.topic_pairs,
-                settings.topic_duplicates,
-                model,
-                encoder,
-                settings,
+            DuplicateRoute(
+                Route.DUPLICATE, Task.DUPLICATE, settings.topic_pairs, settings.topic_duplicates,
+                model, encoder,
             )
-        )
+        )  # fmt: skip
     return handlers

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from streamer.errors import DecodeError, ErrorCode
+from streamer.errors import ErrorCode
 
 # The `schema` field carried by every output record: downstream branches on it.
 INTENT_RESULT_SCHEMA = "search.query-intent.v1"
@@ -119,34 +119,6 @@ class DeadLetter:
     event_id: str | None = None
     """Known when the failure came after decoding (e.g. MODEL_ERROR)."""
     schema: str = DEAD_LETTER_SCHEMA
-
-    @classmethod
-    def from_decode_error(
-        cls,
-        error: DecodeError,
-        *,
-        source_topic: str,
-        source_partition: int,
-        source_offset: int,
-        source_timestamp_ms: int | None,
-        payload: bytes | None,
-        key: bytes | None,
-        service: str,
-        dlq_ts_ms: int,
-    ) -> DeadLetter:
-        """Build the dead letter for a record the codec rejected, capping the payload it keeps."""
-        return cls.for_record(
-            error.code,
-            error.reason,
-            source_topic=source_topic,
-            source_partition=source_partition,
-            source_offset=source_offset,
-            source_timestamp_ms=source_timestamp_ms,
-            payload=payload,
-            key=key,
-            service=service,
-            dlq_ts_ms=dlq_ts_ms,
-        )
 
     @classmethod
     def for_record(

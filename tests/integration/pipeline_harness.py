@@ -75,7 +75,7 @@ class ServiceProcess:
     topics: Topics
     log_path: Path
     group_id: str = "streamer-test"
-    paths: str = "intent,duplicate"
+    routes: str = "intent,duplicate"
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
@@ -90,7 +90,7 @@ class ServiceProcess:
                 "STREAMER_BOOTSTRAP_SERVERS": self.bootstrap,
                 "STREAMER_ARTIFACT": str(self.artifact),
                 "STREAMER_GROUP_ID": self.group_id,
-                "STREAMER_PATHS": self.paths,
+                "STREAMER_ROUTES": self.routes,
                 "STREAMER_METRICS_PORT": str(self.metrics_port),
                 "STREAMER_WORKERS": "1",
                 "STREAMER_THREADS_PER_WORKER": "1",
@@ -297,25 +297,24 @@ def assert_dead_letter_shape(letter: dict) -> None:
 def fake_runner_service(
     bootstrap: str, artifact: Path, topics: Topics, *, sleep_s: float, **overrides: object
 ) -> Any:
-    """An in-process Service on the intent path whose worker runs a fake runner sleeping
+    """An in-process Service on the intent route whose worker runs a fake runner sleeping
     `sleep_s` per batch: real Kafka, real worker process, state inspectable by the test."""
-    from streamer.app import batch_policies, target_rates
+    from streamer.app import assemble, batch_policies, target_rates
     from streamer.config import load_settings
-    from streamer.model.artifact import read_manifest
-    from streamer.model.runner import RunnerManifest
+    from streamer.kafka.clients import make_consumer, make_producer
+    from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
     from streamer.pipeline.executor import MultiprocExecutor, RunnerSpec
-    from streamer.pipeline.paths import ModelInfo, make_handlers
-    from streamer.pipeline.service import Service
+    from streamer.pipeline.routes import make_routes
 
     settings = load_settings(
-        bootstrap_servers=bootstrap, paths="intent", metrics_port=0,
+        bootstrap_servers=bootstrap, routes="intent", metrics_port=0,
         topic_queries=topics.queries, topic_pairs=topics.pairs, topic_intents=topics.intents,
         topic_duplicates=topics.duplicates, topic_dlq=topics.dlq, **overrides,
     )  # fmt: skip
     settings = settings.model_copy(update=target_rates("cpu", settings))
-    manifest = RunnerManifest.from_manifest(read_manifest(artifact), "fp32")
-    n_labels = len(manifest.labels)
+    model = served_meta(artifact, variant="fp32")
+    n_labels = len(model.labels)
     executor = MultiprocExecutor(
         RunnerSpec(
             "tests.fakes:make_fake_runner",
@@ -324,17 +323,16 @@ def fake_runner_service(
         workers=1,
         threads_per_worker=1,
         slots_per_worker=2,
-        max_batch=max(b.max_batch for b in manifest.buckets.values()),
-        max_seq_len=max(b.max_seq_len for b in manifest.buckets.values()),
+        max_batch=max(b.max_batch for b in model.buckets.values()),
+        max_seq_len=max(b.max_seq_len for b in model.buckets.values()),
         max_outputs=n_labels,
         heartbeat_timeout_s=max(10.0, 4 * sleep_s),
     )
-    model = ModelInfo(
-        manifest.name, manifest.version, manifest.labels, manifest.duplicate_threshold
-    )
-    return Service(
+    return assemble(
         settings,
-        make_handlers(settings, model, Encoder.from_artifact(artifact)),
+        make_routes(settings, model, Encoder.from_artifact(artifact)),
         executor,
-        batch_policies("cpu", settings, manifest.buckets),
+        batch_policies("cpu", settings, model.buckets),
+        producer=make_producer(settings),
+        consumer=make_consumer(settings),
     )

@@ -44,7 +44,7 @@ async def test_slow_worker_keeps_inflight_and_memory_bounded(
     )
     await service.start()
     running = asyncio.create_task(service.run())
-    intent = service.paths["intent"]
+    intent = service.routes["intent"]
     high = intent.backpressure.high
     samples: list[int] = []
     paused_seen = False

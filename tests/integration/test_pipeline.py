@@ -63,7 +63,7 @@ def service_factory(kafka_bootstrap: str, tiny_cpu_artifact: Path, tmp_path: Pat
         svc.stop()
 
 
-async def test_zero_loss_both_paths(kafka_bootstrap, service_factory):
+async def test_zero_loss_both_routes(kafka_bootstrap, service_factory):
     """20,000 queries and 5,000 pairs with unique ids in -> exactly one result per id out."""
     topics = await create_topics(kafka_bootstrap, partitions=4)
     svc = service_factory(topics)
@@ -118,7 +118,7 @@ async def test_malformed_records_go_to_dlq(kafka_bootstrap, service_factory):
 async def test_worker_sigkill_loses_nothing(kafka_bootstrap, service_factory):
     """Kill the worker process several times mid-stream: every id still answered."""
     topics = await create_topics(kafka_bootstrap, partitions=2)
-    svc = service_factory(topics, paths="intent")
+    svc = service_factory(topics, routes="intent")
     queries = _queries("k", 6_000)
     producing = asyncio.create_task(produce(kafka_bootstrap, topics.queries, queries, rate=1_000))
     kills = 0
@@ -139,14 +139,14 @@ async def test_worker_sigkill_loses_nothing(kafka_bootstrap, service_factory):
 async def test_service_sigkill_and_restart_loses_nothing(kafka_bootstrap, service_factory):
     """SIGKILL the whole service mid-stream and start it again: none missing (dups counted)."""
     topics = await create_topics(kafka_bootstrap, partitions=2)
-    svc = service_factory(topics, name="first", paths="intent")
+    svc = service_factory(topics, name="first", routes="intent")
     queries = _queries("r", 5_000)
     producing = asyncio.create_task(produce(kafka_bootstrap, topics.queries, queries, rate=1_500))
     await asyncio.sleep(1.5)
     svc.signal(signal.SIGKILL)
     svc.wait(10)
     await producing
-    service_factory(topics, name="second", paths="intent")
+    service_factory(topics, name="second", routes="intent")
     seen = await collect(kafka_bootstrap, topics.intents, {k.decode() for k, _ in queries}, 180)
     missing = {k.decode() for k, _ in queries} - seen.keys()
     dups = sum(c - 1 for c in seen.values())
@@ -157,8 +157,8 @@ async def test_service_sigkill_and_restart_loses_nothing(kafka_bootstrap, servic
 async def test_two_instances_one_stops_gracefully(kafka_bootstrap, service_factory):
     """Two instances in a group; SIGTERM one mid-stream: it exits 0, survivor takes over."""
     topics = await create_topics(kafka_bootstrap, partitions=4)
-    a = service_factory(topics, name="a", paths="intent")
-    service_factory(topics, name="b", paths="intent")
+    a = service_factory(topics, name="a", routes="intent")
+    service_factory(topics, name="b", routes="intent")
     queries = _queries("g", 6_000)
     producing = asyncio.create_task(produce(kafka_bootstrap, topics.queries, queries, rate=1_500))
     await asyncio.sleep(2.0)

@@ -37,14 +37,14 @@ async def test_second_signal_forces_exit(kafka_bootstrap: str, tiny_cpu_artifact
         [(f"s{i}".encode(), query_event(f"s{i}", QUERIES[i % len(QUERIES)])) for i in range(8)],
     )
     deadline = time.monotonic() + 30
-    while service.paths["intent"].backpressure.inflight == 0 and time.monotonic() < deadline:
+    while service.routes["intent"].backpressure.inflight == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert service.paths["intent"].backpressure.inflight > 0
-    service._on_signal(signal.SIGTERM)
+    assert service.routes["intent"].backpressure.inflight > 0
+    service.handle_signal(signal.SIGTERM)
     await asyncio.sleep(0.5)
     assert not running.done()  # draining: waiting for the 30 s batch
     t0 = time.monotonic()
-    service._on_signal(signal.SIGTERM)
+    service.handle_signal(signal.SIGTERM)
     code = await asyncio.wait_for(running, timeout=20)
     print(f"forced exit after the second signal in {time.monotonic() - t0:.2f} s, code {code}")
     assert code == 1

@@ -8,6 +8,7 @@ from streamer.app import batch_policies, worker_layout
 from streamer.config import load_settings
 from streamer.model.buckets import DEFAULT_BUCKETS
 from streamer.model.tasks import Task
+from streamer.pipeline.executor import thread_env
 
 
 def test_cpu_policies_are_small_and_unpadded() -> None:
@@ -43,7 +44,8 @@ def test_cpu_layout_leaves_a_core_for_the_event_loop() -> None:
     workers, threads, env = worker_layout("cpu", load_settings())
     assert workers >= 1 and threads >= 1
     assert workers * threads <= max(1, (os.cpu_count() or 1) - 1)
-    assert env(0)["OMP_NUM_THREADS"] == str(threads)
+    assert env is None  # cpu workers need no extra variables; the executor sets the threads
+    assert thread_env(threads)["OMP_NUM_THREADS"] == str(threads)
 
 
 def test_cpu_layout_for_pairs_alone_gives_the_workers_every_core(
@@ -51,13 +53,13 @@ def test_cpu_layout_for_pairs_alone_gives_the_workers_every_core(
 ) -> None:
     """Pairs only (throughput-first): model threads may use the event loop's core too."""
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert worker_layout("cpu", load_settings(paths="duplicate"))[:2] == (1, 2)
-    assert worker_layout("cpu", load_settings(paths="intent,duplicate"))[:2] == (1, 1)
-    assert worker_layout("cpu", load_settings(paths="intent"))[:2] == (1, 1)
+    assert worker_layout("cpu", load_settings(routes="duplicate"))[:2] == (1, 2)
+    assert worker_layout("cpu", load_settings(routes="intent,duplicate"))[:2] == (1, 1)
+    assert worker_layout("cpu", load_settings(routes="intent"))[:2] == (1, 1)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert worker_layout("cpu", load_settings(paths="duplicate"))[:2] == (15, 1)
-    assert worker_layout("cpu", load_settings(paths="duplicate", workers=4))[:2] == (4, 4)
-    assert worker_layout("cpu", load_settings(paths="intent", workers=4))[:2] == (4, 3)
+    assert worker_layout("cpu", load_settings(routes="duplicate"))[:2] == (15, 1)
+    assert worker_layout("cpu", load_settings(routes="duplicate", workers=4))[:2] == (4, 4)
+    assert worker_layout("cpu", load_settings(routes="intent", workers=4))[:2] == (4, 3)
 
 
 def test_neuron_layout_pins_one_core_per_worker() -> None:

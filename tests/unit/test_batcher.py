@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.model.buckets import choose_batch as batch_bucket
+from streamer.model.buckets import choose_seq_len as seq_bucket
 from streamer.pipeline.batcher import (
     Batch,
     BatchPolicy,
     MicroBatcher,
-    batch_bucket,
     duplicate_policy,
     intent_policy,
-    seq_bucket,
 )
 
 

@@ -48,12 +48,12 @@ def results() -> dict[str, Any]:
             "step_s": 10.0, "arrival": "constant", "partitions": 4,
         },
         "runs": [
-            {"contender": "naive", "path": "intent", "status": "ok", "targets_ms": [10.0, 50.0],
+            {"contender": "naive", "route": "intent", "status": "ok", "targets_ms": [10.0, 50.0],
              "steps": [step(100, 8.0), step(200, 40.0, n=500), step(400, 900.0, missing=7)],
              "max_sustained": {"10.0": 100, "50.0": 200}},
-            {"contender": "streamer", "path": "intent", "status": "skipped", "targets_ms": [10.0],
+            {"contender": "streamer", "route": "intent", "status": "skipped", "targets_ms": [10.0],
              "steps": [], "reason": "streamer failed to start: exited with code 3"},
-            {"contender": "model-only", "path": "intent", "status": "ok", "cpu_s_per_1k": 0.4,
+            {"contender": "model-only", "route": "intent", "status": "ok", "cpu_s_per_1k": 0.4,
              "buckets": [{"batch": 32, "seq_len": 16, "median_ms": 30.0, "p99_ms": 35.0,
                           "items_per_s": 1066.0, "iters": 10}]},
         ],
@@ -88,10 +88,10 @@ def test_stage_plot_for_a_contender_with_metrics(tmp_path: Path) -> None:
     doc = results()
     staged = step(100, 8.0)
     staged["stages"] = [
-        {"path": "intent", "stage": name, "count": 10, "mean_ms": ms, "p99_le_ms": ms * 2}
+        {"route": "intent", "stage": name, "count": 10, "mean_ms": ms, "p99_le_ms": ms * 2}
         for name, ms in (("produce", 2.0), ("fetch", 1.0), ("model", 3.0))
     ]
-    doc["runs"][1] = {"contender": "streamer", "path": "intent", "status": "ok",
+    doc["runs"][1] = {"contender": "streamer", "route": "intent", "status": "ok",
                       "targets_ms": [10.0], "steps": [staged], "max_sustained": {"10.0": 100}}  # fmt: skip
     written = {p.name for p in plots(doc, tmp_path)}
     assert "stages-intent.png" in written
@@ -115,7 +115,7 @@ def test_streamer_is_configured_through_its_env(tmp_path: Path) -> None:
     topics = Topics.fresh("r", "streamer", "duplicate")
     argv, env, port = contender_command("streamer", cfg, "127.0.0.1:9", "duplicate", topics, "g")
     assert argv == [sys.executable, "-m", "streamer", "run"]
-    assert env["STREAMER_PATHS"] == "duplicate"
+    assert env["STREAMER_ROUTES"] == "duplicate"
     assert env["STREAMER_TOPIC_PAIRS"] == topics.source
     assert env["STREAMER_TOPIC_DUPLICATES"] == topics.results
     assert env["STREAMER_TOPIC_QUERIES"] == topics.other_source
@@ -148,7 +148,7 @@ def test_mix_ceiling_table_and_each_contenders_share_of_it() -> None:
     ]  # fmt: skip
     md = markdown(doc)
     assert "| intent | 1 | 256 | 64 | 4.0 | 400 |" in md
-    assert "| contender | path | P99 target | max sustained (/s) | share of 1-thread mix " in md
+    assert "| contender | route | P99 target | max sustained (/s) | share of 1-thread mix " in md
     assert "| naive | intent | 10 ms | 100 | 25% | 20% |" in md
     assert "| naive | intent | 50 ms | 200 | 50% | 40% |" in md
 

@@ -12,7 +12,7 @@ def test_deltas_between_two_scrapes() -> None:
     h = Histogram(
         "streamer_stage_seconds",
         "x",
-        ["path", "stage"],
+        ["route", "stage"],
         buckets=(0.001, 0.005, 0.010, 0.050),
         registry=reg,
     )

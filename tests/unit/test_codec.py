@@ -384,8 +384,9 @@ def test_dead_letter_for_every_bad_sample_validates() -> None:
         try:
             codec.decode_query(raw)
         except DecodeError as err:
-            letter = DeadLetter.from_decode_error(
-                err,
+            letter = DeadLetter.for_record(
+                err.code,
+                err.reason,
                 source_topic="search.queries.v1",
                 source_partition=3,
                 source_offset=17,

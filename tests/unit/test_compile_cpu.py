@@ -15,7 +15,7 @@ import pytest
 from compile.cpu import INT8_RECIPES, PORTABLE_RECIPES, choose_default
 from compile.parity import golden_batches, torch_forward
 from compile.sample import builtin_sample
-from streamer.model.artifact import encoder_for, load_trained, read_meta
+from streamer.model.artifact import load_trained, read_meta
 from streamer.model.backend_ort import OrtForward
 from streamer.model.hardware import RELEVANT_FLAGS
 from streamer.model.manifest import read_manifest
@@ -30,6 +30,7 @@ from streamer.model.parity import (
     save_golden,
 )
 from streamer.model.tasks import Task
+from streamer.model.tokenize import Encoder
 
 # Margins far beyond int8 rounding of this model: a top-1 probability lead of 0.25, a duplicate
 # score 0.25 away from the threshold.
@@ -150,7 +151,7 @@ def test_portable_int8_recipes_keep_every_wide_margin_label_and_decision(
     model, meta = load_trained(tiny_artifact)
     golden = golden_batches(
         torch_forward(ServingModel(model).eval()),
-        encoder_for(tiny_cpu_artifact),
+        Encoder.from_artifact(tiny_cpu_artifact),
         meta,
         builtin_sample(),
     )

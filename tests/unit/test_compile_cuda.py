@@ -12,7 +12,6 @@ from compile.cuda import compile_cuda, plan_cuda
 from compile.sample import builtin_sample
 from streamer.model.artifact import (
     BackendUnavailableError,
-    encoder_for,
     load_trained,
     read_meta,
 )
@@ -23,6 +22,7 @@ from streamer.model.network import ServingModel
 from streamer.model.parity import check, load_golden
 from streamer.model.runner import load_runner
 from streamer.model.tasks import Task
+from streamer.model.tokenize import Encoder
 
 
 def test_plan_captures_every_bucket_of_both_tasks(tiny_artifact: Path) -> None:
@@ -50,7 +50,9 @@ def test_forward_pads_to_the_bucket_and_slices_real_rows(tiny_artifact: Path) ->
     serving = ServingModel(model).eval()
     forward = GraphForward(serving, [(1, 16), (8, 16), (8, 64)], "cpu", use_graphs=False)
     assert not forward.use_graphs
-    batch = encoder_for(tiny_artifact).encode_queries(["a lamp", "where is my refund", "tv"])
+    batch = Encoder.from_artifact(tiny_artifact).encode_queries(
+        ["a lamp", "where is my refund", "tv"]
+    )
     intent, dup = forward(
         batch.input_ids[:, :10], batch.attention_mask[:, :10], batch.token_type_ids[:, :10]
     )

@@ -85,19 +85,7 @@ def test_advanced_and_mark_committed() -> None:
     assert wm.advanced() == {TP: 1}
     wm.mark_committed(TP, 1)
     wm.mark_committed(TP, 0)  # a late, older commit completion does not move it back
-    assert wm.committed(TP) == 1
     assert wm.advanced() == {}
-
-
-def test_assign_seeds_committed_offset() -> None:
-    wm = OffsetWatermark()
-    wm.assign(TP, committed=42)
-    assert wm.partitions() == [TP]
-    assert wm.commit_point(TP) is None
-    wm.track(TP, 42)
-    assert wm.advanced() == {}  # 42 is already committed
-    wm.done(TP, 42)
-    assert wm.advanced() == {TP: 43}
 
 
 def test_forget_drops_state_and_late_acks() -> None:

@@ -8,16 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.model.artifact import ArtifactError, BackendUnavailableError, encoder_for
+from streamer.model.artifact import ArtifactError, BackendUnavailableError
 from streamer.model.manifest import read_manifest, write_manifest
 from streamer.model.runner import load_runner
 from streamer.model.tasks import Task
+from streamer.model.tokenize import Encoder
 from streamer.training.tiny import TINY_LABELS, TINY_NAME, TINY_VERSION
 
 
 def test_intent_returns_probabilities_per_label(tiny_cpu_artifact: Path) -> None:
     runner = load_runner(tiny_cpu_artifact, threads=1)
-    batch = encoder_for(tiny_cpu_artifact).encode_queries(["where is my order", "lamp"]).pad_rows(8)
+    batch = (
+        Encoder.from_artifact(tiny_cpu_artifact)
+        .encode_queries(["where is my order", "lamp"])
+        .pad_rows(8)
+    )
     out = runner.run(Task.INTENT, batch.input_ids, batch.attention_mask, batch.token_type_ids)
     assert out.shape == (8, len(TINY_LABELS)) and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-4)
@@ -25,7 +30,7 @@ def test_intent_returns_probabilities_per_label(tiny_cpu_artifact: Path) -> None
 
 def test_duplicate_returns_one_probability(tiny_cpu_artifact: Path) -> None:
     runner = load_runner(tiny_cpu_artifact, threads=1)
-    batch = encoder_for(tiny_cpu_artifact).encode_pairs(["title a"], ["title b"])
+    batch = Encoder.from_artifact(tiny_cpu_artifact).encode_pairs(["title a"], ["title b"])
     out = runner.run(
         int(Task.DUPLICATE), batch.input_ids, batch.attention_mask, batch.token_type_ids
     )  # type: ignore[arg-type]
@@ -34,7 +39,7 @@ def test_duplicate_returns_one_probability(tiny_cpu_artifact: Path) -> None:
 
 
 def test_manifest_exposes_labels_buckets_threshold_identity(tiny_cpu_artifact: Path) -> None:
-    m = load_runner(tiny_cpu_artifact, threads=1).manifest
+    m = load_runner(tiny_cpu_artifact, threads=1).model
     assert m.labels == TINY_LABELS
     assert (m.name, m.version, m.target) == (TINY_NAME, TINY_VERSION, "cpu")
     assert m.variant in ("int8", "fp32")
@@ -55,7 +60,9 @@ def test_int64_inputs_are_accepted_and_shapes_checked(tiny_cpu_artifact: Path) -
 
 
 def test_both_variants_load_and_run(tiny_cpu_artifact: Path) -> None:
-    batch = encoder_for(tiny_cpu_artifact).encode_queries(["tv", "refund my order", "a book"])
+    batch = Encoder.from_artifact(tiny_cpu_artifact).encode_queries(
+        ["tv", "refund my order", "a book"]
+    )
     args = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
     fp32 = load_runner(tiny_cpu_artifact, variant="fp32").run(Task.INTENT, *args)
     int8 = load_runner(tiny_cpu_artifact, variant="int8", force=True).run(Task.INTENT, *args)
@@ -82,9 +89,9 @@ def test_failed_parity_is_refused_unless_forced(tiny_cpu_artifact: Path, copy_ar
     write_manifest(art, manifest)
     with pytest.raises(ArtifactError, match=r"did not meet parity.*variant='fp32'"):
         load_runner(art, variant="int8")
-    assert load_runner(art, variant="int8", force=True).manifest.variant == "int8"
-    assert load_runner(art).manifest.variant == "fp32"
-    assert load_runner(art, variant="fp32").manifest.variant == "fp32"
+    assert load_runner(art, variant="int8", force=True).model.variant == "int8"
+    assert load_runner(art).model.variant == "fp32"
+    assert load_runner(art, variant="fp32").model.variant == "fp32"
 
 
 def test_neuron_manifest_on_this_host_fails_clearly(tiny_cpu_artifact: Path, copy_artifact) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +137,7 @@ def wrong_int8_artifact(tiny_cpu_artifact: Path, tmp_path_factory: pytest.TempPa
 
 def test_startup_check_serves_fp32_where_int8_misses_parity_here(wrong_int8_artifact: Path) -> None:
     runner = load_runner(wrong_int8_artifact, threads=1)
-    assert runner.manifest.variant == "fp32"
+    assert runner.model.variant == "fp32"
     assert "int8 missed the parity floor on this machine" in runner.selection
     assert "fp32 met the parity floor on this machine" in runner.selection
     assert runner.describe()["variant"] == "fp32"
@@ -142,7 +149,7 @@ def test_startup_check_refuses_an_explicit_variant_that_misses_here(
     with pytest.raises(ArtifactError, match="int8 missed the parity floor on this machine"):
         load_runner(wrong_int8_artifact, variant="int8", threads=1)
     forced = load_runner(wrong_int8_artifact, variant="int8", force=True, threads=1)
-    assert forced.manifest.variant == "int8" and forced.selection == "forced"
+    assert forced.model.variant == "int8" and forced.selection == "forced"
 
 
 def test_startup_check_keeps_a_variant_that_passes_here(tiny_cpu_artifact: Path) -> None:

@@ -1,8 +1,8 @@
 """Work-conserving dispatch: an idle worker takes the open batch at once; a busy one lets it grow.
 
-No Kafka here: the service's ingest and dispatch run against a gated fake executor, a fake
-encoder and a producer that acknowledges at once, so the test controls when a batch's model
-call returns.
+No Kafka here: the intake's ingest and the batch runner's dispatch run against a gated fake
+executor, a fake encoder and a producer that acknowledges at once, so the test controls when a
+batch's model call returns. The parts are wired by the composition root (`app.assemble`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamer.app import assemble, target_rates
 from streamer.config import load_settings
+from streamer.model.artifact import ModelMeta
 from streamer.pipeline.batcher import intent_policy
-from streamer.pipeline.paths import ModelInfo, make_handlers
+from streamer.pipeline.routes import make_routes
 from streamer.pipeline.service import Service
 
 
@@ -31,6 +33,14 @@ class _GatedExecutor:
     def __init__(self) -> None:
         self.calls: list[int] = []  # real rows per submitted batch (fillers have 2 tokens)
         self.gate = asyncio.Event()
+        self.runner_info: dict[str, str] = {}
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def live_workers(self) -> int:
+        return 1
 
     async def submit(self, task: Any, ids: np.ndarray, mask: np.ndarray, types: Any) -> Any:
         self.calls.append(int((mask.sum(axis=1) > 2).sum()))
@@ -65,6 +75,12 @@ class _AckingProducer:
         return fut
 
 
+class _Consumer:
+    """Only what the intake and publisher touch without a broker."""
+
+    async def commit(self, offsets: Any) -> None: ...
+
+
 @dataclass
 class _Msg:
     offset: int
@@ -82,14 +98,17 @@ def _service(
     max_linger_s: float = 10.0, dispatch_when_idle: bool = True
 ) -> tuple[Service, _GatedExecutor, _AckingProducer]:
     """By default a linger far longer than the test: only size and idleness close a batch."""
-    settings = load_settings(paths="intent", dispatch_when_idle=dispatch_when_idle)
-    model = ModelInfo(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
-    handlers = make_handlers(settings, model, _Encoder())
+    settings = load_settings(routes="intent", dispatch_when_idle=dispatch_when_idle)
+    settings = settings.model_copy(update=target_rates("cpu", settings))
+    model = ModelMeta(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
+    handlers = make_routes(settings, model, _Encoder())
     executor = _GatedExecutor()
     policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=max_linger_s)
-    service = Service(settings, handlers, executor, {"intent": policy})
     producer = _AckingProducer()
-    service._producer = producer
+    service = assemble(
+        settings, handlers, executor, {"intent": policy},  # type: ignore[arg-type]
+        producer=producer, consumer=_Consumer(),
+    )  # fmt: skip
     return service, executor, producer
 
 
@@ -104,16 +123,16 @@ async def _settle() -> None:
 
 async def test_idle_worker_takes_a_lone_row_at_once_and_a_busy_one_lets_the_batch_grow() -> None:
     service, executor, producer = _service()
-    rt = service.paths["intent"]
+    rt = service.routes["intent"]
     tp = ("queries", 0)
 
-    service._ingest(rt, tp, [_query(0)], now=0.0)
-    service._dispatch_if_idle()
+    service.intake.ingest(rt, tp, [_query(0)], now=0.0)
+    service.runner.dispatch_if_idle()
     await _settle()
     assert executor.calls == [1], "an idle worker must not wait for the linger"
 
-    service._ingest(rt, tp, [_query(i) for i in range(1, 4)], now=0.0)
-    service._dispatch_if_idle()
+    service.intake.ingest(rt, tp, [_query(i) for i in range(1, 4)], now=0.0)
+    service.runner.dispatch_if_idle()
     await _settle()
     assert executor.calls == [1], "while the worker is busy the rows wait and batch up"
     assert len(rt.batcher) == 3
@@ -127,17 +146,17 @@ async def test_idle_worker_takes_a_lone_row_at_once_and_a_busy_one_lets_the_batc
             break
         await asyncio.sleep(0)
     assert producer.sent == 4
-    assert service._running_batches == 0
+    assert service.runner.running_batches == 0
 
 
 async def test_full_batches_close_by_size_whatever_the_worker_does() -> None:
     service, executor, _ = _service()
-    rt = service.paths["intent"]
-    service._ingest(rt, ("queries", 0), [_query(i) for i in range(8)], now=0.0)
+    rt = service.routes["intent"]
+    service.intake.ingest(rt, ("queries", 0), [_query(i) for i in range(8)], now=0.0)
     await _settle()
     assert executor.calls == [8]
     assert _batches(service, "size") == 1
-    service._dispatch_if_idle()  # nothing left open: nothing more to send
+    service.runner.dispatch_if_idle()  # nothing left open: nothing more to send
     await _settle()
     assert executor.calls == [8]
     executor.gate.set()
@@ -145,10 +164,10 @@ async def test_full_batches_close_by_size_whatever_the_worker_does() -> None:
 
 async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
     service, executor, _ = _service(dispatch_when_idle=load_settings().dispatch_when_idle)
-    assert not service.settings.dispatch_when_idle, "off by default"
-    rt = service.paths["intent"]
-    service._ingest(rt, ("queries", 0), [_query(0)], now=0.0)
-    service._dispatch_if_idle()
+    assert not load_settings().dispatch_when_idle, "off by default"
+    rt = service.routes["intent"]
+    service.intake.ingest(rt, ("queries", 0), [_query(0)], now=0.0)
+    service.runner.dispatch_if_idle()
     await _settle()
     assert executor.calls == [] and len(rt.batcher) == 1
 
@@ -156,12 +175,12 @@ async def test_switched_off_the_lone_row_waits_for_its_linger() -> None:
 async def test_a_batch_with_no_linger_left_goes_without_waiting_for_the_ticker() -> None:
     """The fetch loop closes batches whose deadline already passed before it yields."""
     service, executor, _ = _service(max_linger_s=0.0, dispatch_when_idle=False)
-    rt = service.paths["intent"]
-    service._ingest(rt, ("queries", 0), [_query(0), _query(1)], now=5.0)
-    service._dispatch_due(4.999)  # not due yet
+    rt = service.routes["intent"]
+    service.intake.ingest(rt, ("queries", 0), [_query(0), _query(1)], now=5.0)
+    service.runner.dispatch_due(4.999)  # not due yet
     await _settle()
     assert executor.calls == [] and len(rt.batcher) == 2
-    service._dispatch_due(5.0)
+    service.runner.dispatch_due(5.0)
     await _settle()
     assert executor.calls == [2] and _batches(service, "linger") == 1
     executor.gate.set()

@@ -1,4 +1,4 @@
-"""The service's send loop: nothing counts as acknowledged until the broker has it."""
+"""The publisher's send loop: nothing counts as acknowledged until the broker has it."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
-from streamer.config import load_settings
-from streamer.pipeline.service import Service
+from streamer.pipeline.metrics import Metrics
+from streamer.pipeline.publisher import Publisher
+from streamer.pipeline.state import Progress, StopFlags
 
 
-class _Executor:
-    capacity = 1
-    parallelism = 1
-    restarts = 0
+async def _no_commit(offsets: Any) -> None: ...
+
+
+def _publisher(
+    producer: Any, flags: StopFlags | None = None, metrics: Metrics | None = None
+) -> Publisher:
+    return Publisher(
+        producer, Progress(), metrics or Metrics(), flags or StopFlags(), dlq_topic="dlq",
+        commit=_no_commit,
+    )  # fmt: skip
 
 
 class _FlakyProducer:
@@ -41,19 +48,20 @@ class _FlakyProducer:
 
 async def test_send_until_acked_retries_raised_sends_and_failed_futures() -> None:
     """Both failure kinds are resent; every record is delivered exactly once in the end."""
-    service = Service(load_settings(paths="intent"), [], _Executor(), {})
     producer = _FlakyProducer()
-    service._producer = producer  # type: ignore[assignment]
+    metrics = Metrics()
+    publisher = _publisher(producer, metrics=metrics)
     records = [(f"k{i}".encode(), f"v{i}".encode(), None) for i in range(5)]
-    assert await service._send_until_acked("t", records, "intent")
+    assert await publisher.send_until_acked("t", records, "intent")
     assert sorted(producer.delivered) == sorted(v for _, v, _ in records)
-    errors = service.metrics.produce_errors._value.get()
+    errors = metrics.produce_errors._value.get()
     assert errors == 2
 
 
 async def test_forced_exit_abandons_the_retry() -> None:
     """After a second signal the loop gives up (rows stay uncommitted) instead of spinning."""
-    service = Service(load_settings(paths="intent"), [], _Executor(), {})
-    service._producer = _FlakyProducer()  # type: ignore[assignment]
-    service._signals = 2
-    assert not await service._send_until_acked("t", [(b"k", b"v", None)], "intent")
+    flags = StopFlags()
+    flags.on_signal()
+    flags.on_signal()
+    publisher = _publisher(_FlakyProducer(), flags)
+    assert not await publisher.send_until_acked("t", [(b"k", b"v", None)], "intent")

@@ -16,7 +16,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out-topic", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--artifact", required=True)
-    p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--route", choices=["intent", "duplicate"], default="intent")
     p.add_argument("--force-artifact", action="store_true", help="load despite failed parity")
     p.add_argument("--threads", type=int, default=None, help="model threads (default: runner's)")
     p.add_argument("--max-batch", type=int, default=64, help="batching contenders only")
@@ -30,11 +30,11 @@ def announce_ready() -> None:
     sys.stdout.flush()
 
 
-def warmup_record(path: str) -> bytes:
-    """A valid event of the path's kind, to warm the model before announcing readiness."""
+def warmup_record(route: str) -> bytes:
+    """A valid event of the route's kind, to warm the model before announcing readiness."""
     from streamer.bench.events import pair_event_bytes, query_event_bytes
 
-    if path == "intent":
+    if route == "intent":
         return query_event_bytes("warmup", 0, "wireless noise cancelling headphones")
     from streamer.bench.data import Product, ProductPair
 

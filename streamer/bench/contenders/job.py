@@ -1,7 +1,7 @@
 """The model job every contender performs: decode, tokenize, pad to a bucket, run, encode results.
 
 The contenders differ only in how they move records through Kafka and how they batch. The job
-itself reuses the service's own path handlers (same codec, same tokenizer, same result records),
+itself reuses the service's own route handlers (same codec, same tokenizer, same result records),
 so a difference in the numbers is a difference in plumbing, not in work done.
 """
 
@@ -25,7 +25,7 @@ class JobCounters:
 
 
 class ModelJob:
-    """Decode -> tokenize -> run the compiled model -> result records, for one path."""
+    """Decode -> tokenize -> run the compiled model -> result records, for one route."""
 
     def __init__(self, handler: Any, runner: Any, buckets: Any) -> None:
         self.handler = handler
@@ -35,27 +35,21 @@ class ModelJob:
 
     @classmethod
     def load(
-        cls, artifact: str | Path, path: str, threads: int | None = None, force: bool = False
+        cls, artifact: str | Path, route: str, threads: int | None = None, force: bool = False
     ) -> ModelJob:
-        """Load the artifact's model, tokenizer and buckets for `path`; `force` skips parity."""
+        """Load the artifact's model, tokenizer and buckets for `route`; `force` skips parity."""
         from streamer.config import load_settings
-        from streamer.model.artifact import encoder_for
-        from streamer.model.buckets import Buckets
-        from streamer.model.manifest import read_manifest
+        from streamer.model.manifest import served_meta
         from streamer.model.runner import load_runner
-        from streamer.pipeline.paths import ModelInfo, make_handlers
+        from streamer.model.tasks import Task
+        from streamer.model.tokenize import Encoder
+        from streamer.pipeline.routes import make_routes
 
         artifact = Path(artifact)
-        manifest = read_manifest(artifact)
-        model = ModelInfo(
-            name=manifest["model"]["name"],
-            version=str(manifest["model"]["version"]),
-            labels=tuple(manifest["labels"]),
-            duplicate_threshold=float(manifest["duplicate_threshold"]),
-        )
-        settings = load_settings(paths=path, artifact=str(artifact))
-        (handler,) = make_handlers(settings, model, encoder_for(artifact))
-        buckets = Buckets.from_json(manifest["buckets"][path])
+        model = served_meta(artifact)
+        settings = load_settings(routes=route, artifact=str(artifact))
+        (handler,) = make_routes(settings, model, Encoder.from_artifact(artifact))
+        buckets = model.buckets[Task[route.upper()]]
         kwargs: dict[str, Any] = {"artifact_dir": str(artifact), "force": force}
         if threads:
             kwargs["threads"] = threads
@@ -70,7 +64,7 @@ class ModelJob:
     def process(self, records: list[tuple[bytes, int]]) -> list[tuple[bytes, bytes]]:
         """(value, Kafka timestamp ms) records -> (key, result value); bad records are dropped."""
         from streamer.model.buckets import choose_batch, choose_seq_len
-        from streamer.pipeline.paths import Row, pack_batch
+        from streamer.pipeline.routes import Row, pack_rows
 
         events, stamps = [], []
         for raw, ts in records:
@@ -94,7 +88,6 @@ class ModelJob:
                     None,
                     ev,
                     ev.ts_ms if ev.ts_ms is not None else ts,
-                    0.0,
                     ids,
                     types,
                     trunc,
@@ -104,7 +97,7 @@ class ModelJob:
                 )
             ]
             seq = choose_seq_len(self.buckets, max(r.n_tokens for r in rows))
-            ids, mask, types = pack_batch(rows, choose_batch(self.buckets, len(rows)), seq)
+            ids, mask, types = pack_rows(rows, choose_batch(self.buckets, len(rows)), seq)
             scores = self.runner.run(self.handler.task, ids, mask, types)
             values = self.handler.results(rows, scores)
             out.extend((ev.event_id.encode(), v) for ev, v in zip(chunk, values, strict=True))

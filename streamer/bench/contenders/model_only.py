@@ -53,17 +53,17 @@ def measure(
     }
 
 
-def token_rows(job: ModelJob, path: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Token ids of `n` real events of the path's kind."""
+def token_rows(job: ModelJob, route: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids of `n` real events of the route's kind."""
     from streamer.bench.events import EventFactory
 
-    factory = EventFactory("query" if path == "intent" else "pair")
+    factory = EventFactory("query" if route == "intent" else "pair")
     events = [job.handler.decode(factory(f"m{i}", 0, i)) for i in range(n)]
     return [(ids, types) for ids, types, _ in job.handler.tokenize(events)]
 
 
 def mix_batches(
-    job: ModelJob, path: str, target: str, n_events: int
+    job: ModelJob, route: str, target: str, n_events: int
 ) -> list[tuple[np.ndarray, ...]]:
     """The bench's first n events as padded (ids, mask, types) batches, batched as the
     service's own policy for the target batches them (full batches, as under saturation)."""
@@ -71,20 +71,20 @@ def mix_batches(
     from streamer.config import load_settings
     from streamer.model.tasks import Task
     from streamer.pipeline.batcher import MicroBatcher
-    from streamer.pipeline.paths import Row, pack_batch
+    from streamer.pipeline.routes import Row, pack_rows
 
-    # batch_policies wants both tasks' buckets; only this path's policy is used.
+    # batch_policies wants both tasks' buckets; only this route's policy is used.
     both = {Task.INTENT: job.buckets, Task.DUPLICATE: job.buckets}
-    policy = batch_policies(target, load_settings(paths=path), both)[path]
+    policy = batch_policies(target, load_settings(routes=route), both)[route]
     batcher: MicroBatcher[Row] = MicroBatcher(policy)
     shaped: list[tuple[np.ndarray, ...]] = []
-    for i, (ids, types) in enumerate(token_rows(job, path, n_events)):
-        row = Row(None, i, 0, None, None, 0, 0.0, ids, types, False)  # type: ignore[arg-type]
+    for i, (ids, types) in enumerate(token_rows(job, route, n_events)):
+        row = Row(None, i, 0, None, None, 0, ids, types, False)  # type: ignore[arg-type]
         shaped += [
-            pack_batch(b.items, b.padded_rows, b.seq_len) for b in batcher.add(row, len(ids), 0.0)
+            pack_rows(b.items, b.padded_rows, b.seq_len) for b in batcher.add(row, len(ids), 0.0)
         ]
     while (last := batcher.flush(0.0)) is not None:
-        shaped.append(pack_batch(last.items, last.padded_rows, last.seq_len))
+        shaped.append(pack_rows(last.items, last.padded_rows, last.seq_len))
     return shaped
 
 
@@ -112,10 +112,10 @@ def measure_mix(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m streamer.bench.contenders.model_only --artifact DIR --path intent`."""
+    """Entry point: `python -m streamer.bench.contenders.model_only --artifact DIR --route intent`."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--artifact", required=True)
-    p.add_argument("--path", choices=["intent", "duplicate"], default="intent")
+    p.add_argument("--route", choices=["intent", "duplicate"], default="intent")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force-artifact", action="store_true", help="load despite failed parity")
     p.add_argument("--batch-sizes", default="", help="comma list; default: the artifact's buckets")
@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mix-threads", default="", help="comma list of thread counts for mix rows")
     p.add_argument("--mix-events", type=int, default=256, help="events in the mix")
     a = p.parse_args(argv)
-    job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
+    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact)
     sizes = [int(x) for x in a.batch_sizes.split(",") if x] or list(job.buckets.batch_sizes)
-    rows = token_rows(job, a.path, max(sizes))
+    rows = token_rows(job, a.route, max(sizes))
     for seq in job.buckets.seq_lens:
         for b in sizes:
             ids = np.zeros((b, seq), dtype=np.int32)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 ids[i, :n], types[i, :n] = row_ids[:n], row_types[:n]
                 lengths.append(n)
             result = measure(job, ids, types, lengths, a.budget_s, a.max_iters)
-            line = {"path": a.path, "batch": b, "seq_len": seq, **result}
+            line = {"route": a.route, "batch": b, "seq_len": seq, **result}
             sys.stdout.write(orjson.dumps(line).decode() + "\n")
             sys.stdout.flush()
     mix_threads = [int(x) for x in a.mix_threads.split(",") if x]
@@ -146,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         from streamer.model.manifest import read_manifest
 
         target = read_manifest(a.artifact)["target"]
-        shaped = mix_batches(job, a.path, target, a.mix_events)
+        shaped = mix_batches(job, a.route, target, a.mix_events)
     for threads in mix_threads:
-        mix_job = ModelJob.load(a.artifact, a.path, threads, a.force_artifact)
+        mix_job = ModelJob.load(a.artifact, a.route, threads, a.force_artifact)
         result = measure_mix(mix_job, shaped, a.mix_events, a.budget_s * 4)
-        line = {"path": a.path, "kind": "mix", "threads": threads, **result}
+        line = {"route": a.route, "kind": "mix", "threads": threads, **result}
         sys.stdout.write(orjson.dumps(line).decode() + "\n")
         sys.stdout.flush()
         del mix_job

@@ -21,8 +21,8 @@ async def serve(a: argparse.Namespace) -> int:
     """Consume, process, produce and commit one record at a time until SIGTERM."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
-    job.warm_up(warmup_record(a.path))
+    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact)
+    job.warm_up(warmup_record(a.route))
     consumer = AIOKafkaConsumer(
         a.in_topic,
         bootstrap_servers=a.bootstrap,

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     a = parser(__doc__ or "").parse_args(argv)
     _patch_fetch_wait()
-    job = ModelJob.load(a.artifact, a.path, a.threads, a.force_artifact)
-    job.warm_up(warmup_record(a.path))
+    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact)
+    job.warm_up(warmup_record(a.route))
     app = build_app(a, job)
     worker = faust.Worker(app, loglevel=logging.WARNING, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # runs until SIGTERM, then exits the process

@@ -4,7 +4,7 @@ The runner does no work (returns zeros), so what is left is the cost of the exec
 itself: copying into shared memory, the wake-up and completion pipes, the event-loop
 hop and the copy out (multi-process), or the thread hand-off (in-process).
 
-    python -m streamer.pipeline.bench_transport [--batches 2000] [--uvloop]
+    python -m streamer.bench.micro.transport [--batches 2000] [--uvloop]
 
 Prints, per shape: one batch in flight at a time (round-trip latency) and `capacity`
 batches in flight (pipelined cost per batch). Numbers are printed, never asserted.
@@ -46,7 +46,7 @@ class NullRunner:
 
 
 def make_null_runner(n_outputs: int = 8, threads: int | None = None) -> NullRunner:
-    """Runner factory for `RunnerSpec("streamer.pipeline.bench_transport:make_null_runner")`."""
+    """Runner factory for `RunnerSpec("streamer.bench.micro.transport:make_null_runner")`."""
     return NullRunner(n_outputs)
 
 
@@ -86,7 +86,7 @@ async def _measure(
 
 async def bench(n: int, workers: int) -> list[dict[str, Any]]:
     """Run every (executor, shape, in-flight) combination; one row each."""
-    spec = RunnerSpec("streamer.pipeline.bench_transport:make_null_runner", {"n_outputs": 8})
+    spec = RunnerSpec("streamer.bench.micro.transport:make_null_runner", {"n_outputs": 8})
     rows = []
     inproc = InProcessExecutor(spec)
     multi = MultiprocExecutor(
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m streamer.pipeline.bench_transport`."""
+    """Entry point for `python -m streamer.bench.micro.transport`."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,6 +1,6 @@
 """Codec microbenchmark: prints records/s for decode, encode and the alternatives we rejected.
 
-    python -m streamer.records.bench_codec [--n 20000] [--repeat 3]
+    python -m streamer.bench.micro.codec [--n 20000] [--repeat 3]
 
 Inputs are real queries (QueryNER/ESCI) and product pairs (Abt-Buy) from the shared data
 directory when present, synthetic look-alikes otherwise. It prints, never asserts: throughput is

@@ -1,0 +1,246 @@
+"""Intake: the live Kafka source. Fetch, decode, tokenize, hand rows to the batch runner; pause
+partitions when in-flight work is over the high mark; finish partitions before they are revoked.
+
+One fetch takes no more records than the tightest route has room for, so the backpressure high
+mark is a hard bound on in-flight records. Bad records go to the DLQ at once (their offsets count
+as done when the dead letter is acknowledged); good ones are tokenized in one call per fetched
+chunk. On revocation the partitions' open batches run now, their results are awaited up to a
+deadline and committed, and whatever is not acknowledged by then is left uncommitted for the
+next owner (never lost, possibly redone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streamer.errors import DecodeError, ErrorCode
+from streamer.pipeline.backpressure import Action
+from streamer.pipeline.batch_runner import BatchRunner
+from streamer.pipeline.metrics import Metrics
+from streamer.pipeline.publisher import Publisher
+from streamer.pipeline.routes import Row, source_ts_ms
+from streamer.pipeline.state import Progress, RouteState, StopFlags
+
+log = logging.getLogger("streamer.intake")
+
+
+class ConsumerLike(Protocol):
+    """What the intake needs of aiokafka's AIOKafkaConsumer."""
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None: ...
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> Any: ...
+    def assignment(self) -> set[Any]: ...
+    def pause(self, *partitions: Any) -> None: ...
+    def resume(self, *partitions: Any) -> None: ...
+    def highwater(self, partition: Any) -> int | None: ...
+    async def position(self, partition: Any) -> int: ...
+
+
+class KafkaIntake:
+    """The live source: a subscribed consumer group over the routes' source topics."""
+
+    def __init__(
+        self,
+        consumer: ConsumerLike,
+        routes: Mapping[str, RouteState],
+        runner: BatchRunner,
+        publisher: Publisher,
+        progress: Progress,
+        metrics: Metrics,
+        flags: StopFlags,
+        *,
+        max_poll_records: int,
+        revoke_timeout_s: float,
+    ) -> None:
+        self._consumer = consumer
+        self.routes = routes
+        self._by_topic = {s.handler.source_topic: s for s in routes.values()}
+        self._runner = runner
+        self._publisher = publisher
+        self._progress = progress
+        self._metrics = metrics
+        self._flags = flags
+        self._max_poll_records = max_poll_records
+        self._revoke_timeout_s = revoke_timeout_s
+        progress.on_done = self.apply_backpressure
+
+    @property
+    def topics(self) -> list[str]:
+        """The source topics this intake reads."""
+        return sorted(self._by_topic)
+
+    def subscribe(self) -> None:
+        """Join the consumer group on the source topics, with this intake's rebalance hooks."""
+        self._consumer.subscribe(topics=self.topics, listener=_RebalanceListener(self))
+
+    # ------------------------------------------------------------------ fetch
+    async def fetch_loop(self) -> None:
+        """Fetch until stopping; each chunk is ingested, then due batches run."""
+        while not self._flags.stopping.is_set():
+            try:
+                fetched = await self._consumer.getmany(timeout_ms=100, max_records=self.room())
+            except KafkaError as exc:
+                log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            if self._flags.stopping.is_set():
+                # Fetched after the stop: not tracked, not committed; the next owner reads them.
+                break
+            now = time.monotonic()
+            for tp, messages in fetched.items():
+                state = self._by_topic.get(tp.topic)
+                if state is not None and messages:
+                    self.ingest(state, tp, messages, now)
+            self._runner.after_fetch(now)
+            self.apply_backpressure()
+
+    def room(self) -> int:
+        """Records one fetch may take: never more than the tightest unpaused route has room for.
+
+        This makes the high watermark a hard bound on in-flight records, not a hint that one
+        large fetch could overshoot by max_poll_records.
+        """
+        rooms = [
+            s.backpressure.high - s.backpressure.inflight
+            for s in self.routes.values()
+            if not s.backpressure.paused
+        ]
+        room = min(rooms) if rooms else 1
+        return max(1, min(self._max_poll_records, room))
+
+    def ingest(self, state: RouteState, tp: Any, messages: list[Any], now: float) -> None:
+        """Decode a fetched chunk, DLQ the bad ones, tokenize the good ones in one call."""
+        handler = state.handler
+        generation = self._progress.generation(tp)
+        good: list[tuple[Any, Any]] = []
+        for msg in messages:
+            generation = self._progress.track(tp, msg.offset)
+            state.backpressure.add(1)
+            try:
+                good.append((msg, handler.decode(msg.value if msg.value is not None else b"")))
+            except DecodeError as err:
+                self._publisher.dead_letter_message(
+                    state, tp, generation, msg, err.code, err.reason
+                )
+        self._metrics.records_in.labels(state.name).inc(len(messages))
+        if not good:
+            return
+        fetch_s = max(0.0, time.time() - min(source_ts_ms(ev, m.timestamp) for m, ev in good) / 1e3)
+        state.linger.observe("fetch", fetch_s)
+        self._metrics.stage_latency.labels(state.name, "fetch").observe(fetch_s)
+        try:
+            encoded = handler.tokenize([ev for _, ev in good])
+        except Exception as exc:  # a tokenizer failure must not stop the stream
+            for msg, _ in good:
+                self._publisher.dead_letter_message(
+                    state, tp, generation, msg, ErrorCode.MODEL_ERROR, repr(exc)
+                )
+            return
+        rows = [
+            Row(
+                tp=tp,
+                offset=msg.offset,
+                generation=generation,
+                key=msg.key,
+                event=ev,
+                source_ts_ms=source_ts_ms(ev, msg.timestamp),
+                input_ids=ids,
+                token_type_ids=types,
+                truncated=truncated or bool(getattr(ev, "truncated", False)),
+            )
+            for (msg, ev), (ids, types, truncated) in zip(good, encoded, strict=True)
+        ]
+        self._runner.add(state, rows, now)
+
+    # ------------------------------------------------------------------ backpressure
+    def apply_backpressure(self) -> None:
+        """Pause above the high mark, resume below the low one; never linger while paused."""
+        for state in self.routes.values():
+            action = state.backpressure.decide()
+            if action is Action.PAUSE:
+                tps = [
+                    tp
+                    for tp in self._consumer.assignment()
+                    if tp.topic == state.handler.source_topic
+                ]
+                self._consumer.pause(*tps)
+                state.paused.update(tps)
+            elif action is Action.RESUME:
+                self._consumer.resume(*state.paused)
+                state.paused.clear()
+            if state.backpressure.paused:
+                # No record can arrive until work completes: lingering only idles the workers.
+                self._runner.flush(state, time.monotonic())
+            self._metrics.paused_partitions.labels(state.name).set(len(state.paused))
+            self._metrics.inflight.labels(state.name).set(state.backpressure.inflight)
+
+    # ------------------------------------------------------------------ rebalance
+    def on_assigned(self, assigned: set[Any]) -> None:
+        """New partitions: bump their generation; pause them if their route is paused."""
+        self._progress.assigned(assigned)
+        for tp in assigned:
+            state = self._by_topic.get(tp.topic)
+            if state is not None and state.backpressure.paused:
+                self._consumer.pause(tp)
+                state.paused.add(tp)
+        log.info("assigned", extra={"event": "assigned", "partitions": tp_names(assigned)})
+
+    async def on_revoked(self, revoked: set[Any]) -> None:
+        """Finish the revoked partitions' work (bounded), commit it, then let them go.
+
+        Rows still waiting in a batcher are dispatched now; whatever is not acknowledged by the
+        deadline is abandoned deterministically: not committed, so the next owner redoes it.
+        """
+        if not revoked:
+            return
+        deadline = time.monotonic() + self._revoke_timeout_s
+        self._runner.flush_all(time.monotonic())
+        while time.monotonic() < deadline and self._progress.pending_in(revoked):
+            await asyncio.sleep(0.005)
+        await self._publisher.commit(only=revoked)
+        self._progress.revoked(revoked)
+        for state in self.routes.values():
+            state.paused.difference_update(revoked)
+        log.info("revoked", extra={"event": "revoked", "partitions": tp_names(revoked)})
+
+    # ------------------------------------------------------------------ lag
+    async def lag_loop(self, interval_s: float = 1.0) -> None:
+        """Export consumer lag (high watermark minus position) per assigned partition."""
+        while not self._flags.stopping.is_set():
+            await asyncio.sleep(interval_s)
+            for tp in self._consumer.assignment():
+                high = self._consumer.highwater(tp)
+                if high is None:
+                    continue
+                try:
+                    position = await self._consumer.position(tp)
+                except KafkaError:
+                    continue
+                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, high - position)
+                )
+
+
+class _RebalanceListener(ConsumerRebalanceListener):
+    """Forwards aiokafka's rebalance callbacks to the intake."""
+
+    def __init__(self, intake: KafkaIntake) -> None:
+        self._intake = intake
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._intake.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._intake.on_assigned(set(assigned))
+
+
+def tp_names(tps: Iterable[Any]) -> list[str]:
+    """`topic[partition]` names for logs, sorted."""
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)

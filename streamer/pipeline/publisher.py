@@ -1,0 +1,198 @@
+"""Publisher: results and dead letters to Kafka, acknowledged before their offsets count as done.
+
+At-least-once: a record's offset is marked done (`Progress.done`) only after the broker has
+acknowledged its result or its dead letter (acks=all), and `commit` sends each partition's
+contiguous done prefix (the watermark) on a timer, never past an unfinished record. Sends that
+fail, whether `send()` raises (broker away, buffer full) or its future fails, are resent until
+acknowledged: nothing counts as done before the broker has it. Only a forced exit abandons a
+retry, leaving the rows uncommitted for the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Protocol
+
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from streamer.errors import ErrorCode
+from streamer.pipeline.metrics import Metrics
+from streamer.pipeline.routes import Row
+from streamer.pipeline.state import Progress, RouteState, StopFlags
+from streamer.records import codec
+from streamer.records.types import DeadLetter
+
+log = logging.getLogger("streamer.publisher")
+
+SERVICE_NAME = "streamer"
+PRODUCE_RETRY_BACKOFF_S = 0.2
+
+Record = tuple[bytes | None, bytes, Any]  # key, value, headers
+
+
+class ProducerLike(Protocol):
+    """What the publisher needs of aiokafka's AIOKafkaProducer."""
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> Any: ...
+
+
+CommitFn = Callable[[dict[Any, int]], Awaitable[None]]
+
+
+class Publisher:
+    """Sends results and dead letters until acknowledged; commits what is contiguously done."""
+
+    def __init__(
+        self,
+        producer: ProducerLike,
+        progress: Progress,
+        metrics: Metrics,
+        flags: StopFlags,
+        *,
+        dlq_topic: str,
+        commit: CommitFn,
+    ) -> None:
+        self._producer = producer
+        self._progress = progress
+        self._metrics = metrics
+        self._flags = flags
+        self._dlq_topic = dlq_topic
+        self._commit = commit
+
+    # ------------------------------------------------------------------ results
+    async def publish(self, state: RouteState, rows: Sequence[Row], values: list[bytes]) -> None:
+        """Send one batch's results, wait for every ack, then mark their offsets done."""
+        model = state.handler.model
+        headers = [("model", model.name.encode()), ("model_version", model.version.encode())]
+        t0 = time.monotonic()
+        records = [
+            (row.event.event_id.encode(), value, headers)
+            for row, value in zip(rows, values, strict=True)
+        ]
+        if not await self.send_until_acked(state.handler.result_topic, records, state.name):
+            return
+        ack = time.monotonic()
+        produce_s = ack - t0
+        state.linger.observe("produce", produce_s)
+        self._metrics.stage_latency.labels(state.name, "produce").observe(produce_s)
+        now_wall = time.time()
+        e2e = self._metrics.e2e_latency.labels(state.name)
+        for row in rows:
+            e2e.observe(max(0.0, now_wall - row.source_ts_ms / 1000.0))
+            self._progress.done(state, row.tp, row.offset, row.generation)
+        self._metrics.results_out.labels(state.name).inc(len(rows))
+
+    async def send_until_acked(self, topic: str, records: Sequence[Record], route: str) -> bool:
+        """Send (key, value, headers) records, resending failures until every one is acked.
+
+        Returns False only when a forced exit abandons the retry (the rows stay uncommitted).
+        """
+        pending = list(range(len(records)))
+        while pending:
+            failed: list[int] = []
+            sent: list[tuple[int, Any]] = []
+            for i in pending:
+                key, value, headers = records[i]
+                try:
+                    sent.append(
+                        (i, await self._producer.send(topic, value, key=key, headers=headers))
+                    )
+                except KafkaError:
+                    failed.append(i)
+            outcomes = await asyncio.gather(*(fut for _, fut in sent), return_exceptions=True)
+            failed += [
+                i for (i, _), out in zip(sent, outcomes, strict=True) if isinstance(out, Exception)
+            ]
+            if failed:
+                self._metrics.produce_errors.inc(len(failed))
+                log.warning(
+                    "produce failed; retrying",
+                    extra={"event": "produce_retry", "route": route, "topic": topic,
+                           "records": len(failed)},
+                )  # fmt: skip
+                if self._flags.forced.is_set():
+                    return False
+                await asyncio.sleep(PRODUCE_RETRY_BACKOFF_S)
+            pending = sorted(failed)
+        return True
+
+    # ------------------------------------------------------------------ dead letters
+    def dead_letter_message(
+        self, state: RouteState, tp: Any, generation: int, msg: Any, code: ErrorCode,
+        reason: str,
+    ) -> None:  # fmt: skip
+        """DLQ a fetched record that cannot be decoded (its raw bytes kept); done on ack."""
+        self._dead_letter(
+            state, tp, generation, msg.offset, msg.timestamp, msg.key, msg.value or b"", code,
+            reason, None,
+        )  # fmt: skip
+
+    def dead_letter_row(self, state: RouteState, row: Row, code: ErrorCode, reason: str) -> None:
+        """DLQ a decoded row whose inference failed alone (its route re-encodes the event)."""
+        self._dead_letter(
+            state, row.tp, row.generation, row.offset, row.source_ts_ms, row.key,
+            state.handler.payload(row.event), code, reason, row.event.event_id,
+        )  # fmt: skip
+
+    def _dead_letter(
+        self, state: RouteState, tp: Any, generation: int, offset: int, ts_ms: int,
+        key: bytes | None, payload: bytes, code: ErrorCode, reason: str, event_id: str | None,
+    ) -> None:  # fmt: skip
+        letter = DeadLetter.for_record(
+            code,
+            reason,
+            source_topic=tp.topic,
+            source_partition=tp.partition,
+            source_offset=offset,
+            source_timestamp_ms=ts_ms,
+            payload=payload,
+            key=key,
+            service=SERVICE_NAME,
+            dlq_ts_ms=int(time.time() * 1000),
+            event_id=event_id,
+        )
+        self._metrics.dlq.labels(code.value).inc()
+        state.spawn(self._publish_dead_letter(state, tp, offset, generation, key, letter))
+
+    async def _publish_dead_letter(
+        self,
+        state: RouteState,
+        tp: Hashable,
+        offset: int,
+        generation: int,
+        key: bytes | None,
+        letter: DeadLetter,
+    ) -> None:
+        value = codec.encode_dead_letter(letter)
+        if await self.send_until_acked(self._dlq_topic, [(key, value, None)], state.name):
+            self._progress.done(state, tp, offset, generation)
+
+    # ------------------------------------------------------------------ offsets
+    async def commit(self, only: set[Any] | None = None) -> None:
+        """Commit each partition's contiguous done prefix (nothing past an unfinished record)."""
+        watermark = self._progress.watermark
+        points = watermark.advanced()
+        if only is not None:
+            points = {tp: off for tp, off in points.items() if tp in only}
+        if not points:
+            return
+        try:
+            await self._commit(points)
+        except (CommitFailedError, KafkaError) as exc:
+            # Rebalance in progress or broker away: the same offsets are retried next tick.
+            log.warning("commit failed", extra={"event": "commit_failed", "error": repr(exc)})
+            return
+        for tp, off in points.items():
+            watermark.mark_committed(tp, off)
+        self._metrics.commits.inc()
+
+    async def commit_loop(self, interval_s: float) -> None:
+        """Commit on a timer until stopping (the drain commits once more at the end)."""
+        while not self._flags.stopping.is_set():
+            await asyncio.sleep(interval_s)
+            await self.commit()
