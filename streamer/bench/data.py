@@ -22,7 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # ditto serializes each benchmark with its own attribute names; map them onto one product shape.
 # Canonical attribute names (streamer.model.serialize, shared with training) -> event fields.
 _EVENT_FIELD = {"title": "title", "brand": "brand", "type": "product_type",
-                "description": "description", "price": "price"}  # fmt: skip
+                "description": "description", "price": "price",
+                "modelno": "model_number"}  # fmt: skip
 PAIR_DATASETS = ("Walmart-Amazon", "Abt-Buy", "Amazon-Google")
 _ASIN_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -61,6 +62,7 @@ class Product:
     product_type: str
     description: str
     price: float | None
+    model_number: str = ""
 
     def as_dict(self) -> dict[str, object]:
         """Plain dict for the record codec."""
@@ -71,6 +73,7 @@ class Product:
             "product_type": self.product_type,
             "description": self.description,
             "price": self.price,
+            "model_number": self.model_number,
         }
 
 
@@ -115,6 +118,7 @@ def parse_ditto_record(serialized: str) -> Product:
         product_type=fields.get("product_type", ""),
         description=fields.get("description", ""),
         price=price,
+        model_number=fields.get("model_number", ""),
     )
 
 

@@ -23,6 +23,7 @@ def _record_product(p: Product) -> object:
         product_type=p.product_type or None,
         description=p.description or None,
         price=p.price,
+        model_number=p.model_number or None,
     )
 
 

@@ -223,6 +223,7 @@ def product_fields(product: Any) -> dict[str, object]:
         "product_type": product.product_type,
         "price": product.price,
         "description": product.description,
+        "model_number": product.model_number,
     }
 
 
