@@ -20,13 +20,17 @@ from streamer.bench.harness import (
 from streamer.bench.report import markdown, plots
 
 
-def default_artifact() -> Path | None:
-    """The newest compiled cpu artifact under artifacts/ (what `make compile-cpu` writes)."""
-    found = sorted(
-        (p for p in (REPO_ROOT / "artifacts").glob("*-cpu") if (p / "manifest.json").is_file()),
-        key=lambda p: p.stat().st_mtime,
-    )
-    return found[-1] if found else None
+def default_artifact(given: Path | None = None) -> Path | None:
+    """The given artifact (compiled for cpu if it is a trained one), else the shipped model
+    compiled for cpu; None (after saying why) if neither can be had."""
+    from streamer.app import resolve_artifact
+    from streamer.pipeline.service import StartupError
+
+    try:
+        return resolve_artifact(given)
+    except StartupError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", choices=["quick", "full", "gpu"], help="preset (--quick = quick)"
     )
-    parser.add_argument("--artifact", type=Path, help="compiled artifact (default: newest *-cpu)")
+    parser.add_argument(
+        "--artifact", type=Path, help="model to serve (default: the shipped one, compiled for cpu)"
+    )
     parser.add_argument(
         "--contenders",
         default=",".join(ALL_CONTENDERS),
@@ -68,12 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, then write results.json, results.md and the plots."""
-    artifact = args.artifact or default_artifact()
-    if artifact is None or not (Path(artifact) / "manifest.json").is_file():
-        print(
-            "no compiled artifact: run `make model compile-cpu` or pass --artifact DIR",
-            file=sys.stderr,
-        )
+    artifact = default_artifact(args.artifact)
+    if artifact is None:
         return 2
     contenders = tuple(c for c in args.contenders.split(",") if c)
     unknown = set(contenders) - set(ALL_CONTENDERS)

@@ -42,15 +42,16 @@ VARIANT_LABEL = re.compile(r"[a-z0-9_]{1,32}")
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
-    """``LABEL:KEY=VALUE[;KEY=VALUE...]`` -> (label, env); only STREAMER_* keys."""
+    """``LABEL:KEY=VALUE[;KEY=VALUE...]`` -> (label, env); STREAMER_* keys, or PYTHONPATH=DIR
+    to run the service from another source tree (a before/after A/B of a code change)."""
     label, sep, assignments = spec.partition(":")
     if not sep or not VARIANT_LABEL.fullmatch(label):
         raise ValueError(f"variant {spec!r}: expected LABEL:KEY=VALUE[;KEY=VALUE], LABEL [a-z0-9_]")
     env: dict[str, str] = {}
     for item in filter(None, assignments.split(";")):
         key, eq, value = item.partition("=")
-        if not eq or not key.startswith("STREAMER_"):
-            raise ValueError(f"variant {spec!r}: {item!r} is not STREAMER_KEY=VALUE")
+        if not eq or not (key.startswith("STREAMER_") or key == "PYTHONPATH"):
+            raise ValueError(f"variant {spec!r}: {item!r} is not STREAMER_KEY=VALUE or PYTHONPATH")
         env[key] = value
     if not env:
         raise ValueError(f"variant {spec!r}: no settings given")
@@ -212,6 +213,8 @@ def contender_command(
                 "STREAMER_TOPIC_DUPLICATES": topics.other_results if intent else topics.results,
                 "STREAMER_TOPIC_DLQ": topics.dlq,
                 "STREAMER_ROUTES": route,
+                # The name before 0.2, for a variant that runs an older source tree.
+                "STREAMER_PATHS": route,
                 "STREAMER_METRICS_PORT": str(port),
                 "STREAMER_FORCE_ARTIFACT": "true" if cfg.force_artifact else "false",
             }

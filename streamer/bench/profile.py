@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamer.bench.command import default_artifact
     from streamer.kafka.local_broker import LocalKafka, free_port
 
-    artifact = a.artifact or default_artifact()
+    artifact = default_artifact(a.artifact)
     if artifact is None:
         print("no compiled artifact: run `make model compile-cpu`", file=sys.stderr)
         return 2

@@ -172,6 +172,17 @@ def test_a_variant_is_the_service_with_its_env_overrides(tmp_path: Path) -> None
             parse_variant(bad)
 
 
+def test_a_variant_can_run_another_source_tree(tmp_path: Path) -> None:
+    """Before/after A/B of a code change: the variant's PYTHONPATH picks the service's code."""
+    label, env = parse_variant("before:PYTHONPATH=/tmp/before")
+    cfg = BenchConfig.preset("quick", tmp_path, tmp_path, variants={label: env})
+    topics = Topics.fresh("r", "streamer-before", "duplicate")
+    _, got, _ = contender_command("streamer-before", cfg, "127.0.0.1:9", "duplicate", topics, "g")
+    assert got["PYTHONPATH"] == "/tmp/before"
+    # An older tree reads the route under its old name.
+    assert got["STREAMER_ROUTES"] == got["STREAMER_PATHS"] == "duplicate"
+
+
 def test_an_interrupted_run_leaves_no_contender_behind() -> None:
     """Contenders run in their own session; kill_live_contenders stops every one still up."""
     import subprocess

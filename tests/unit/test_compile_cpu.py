@@ -180,3 +180,12 @@ def test_compiled_copy_keeps_the_trained_metadata(
     tiny_artifact: Path, tiny_cpu_artifact: Path
 ) -> None:
     assert read_meta(tiny_cpu_artifact) == read_meta(tiny_artifact)
+
+
+def test_without_the_data_the_parity_sample_is_the_bundled_real_one(tmp_path: Path) -> None:
+    from compile.sample import bundled_sample, default_sample
+
+    sample = default_sample(tmp_path / "no-such-data")
+    assert sample.source.startswith("bundled sample")
+    assert (len(sample.queries), len(sample.lefts)) == (256, 288)
+    assert sample == bundled_sample()
