@@ -25,7 +25,9 @@ from streamer.model.tasks import Task
 from streamer.pipeline.backpressure import Backpressure
 from streamer.pipeline.batcher import BatchPolicy, MicroBatcher, duplicate_policy, intent_policy
 from streamer.pipeline.executor import Executor
+from streamer.pipeline.intake import KafkaIntake
 from streamer.pipeline.linger import LingerController
+from streamer.pipeline.publisher import CommitFn, HeaderFn
 from streamer.pipeline.routes import RouteHandler, make_routes
 from streamer.pipeline.service import Service, StartupError
 from streamer.pipeline.state import RouteState
@@ -164,10 +166,16 @@ def assemble(
     *,
     producer: Any,
     consumer: Any,
+    intake_factory: Callable[..., KafkaIntake] | None = None,
+    commit: CommitFn | None = None,
+    extra_headers: HeaderFn | None = None,
 ) -> Service:
-    """Wire the parts around the given clients and executor (tests pass their own)."""
+    """Wire the parts around the given clients and executor (tests pass their own).
+
+    The live service takes the defaults. The replay tool hands in its bounded source
+    (`intake_factory`, called like `KafkaIntake`), its checkpoint (`commit`) and its headers.
+    """
     from streamer.pipeline.batch_runner import BatchRunner
-    from streamer.pipeline.intake import KafkaIntake
     from streamer.pipeline.metrics import HealthServer, Metrics
     from streamer.pipeline.publisher import Publisher
     from streamer.pipeline.service import KafkaClients
@@ -178,13 +186,14 @@ def assemble(
     progress = Progress()
     routes = route_states(settings, handlers, policies, executor.capacity)
     publisher = Publisher(
-        producer, progress, metrics, flags, dlq_topic=settings.topic_dlq, commit=consumer.commit
-    )
+        producer, progress, metrics, flags, dlq_topic=settings.topic_dlq,
+        commit=commit or consumer.commit, extra_headers=extra_headers,
+    )  # fmt: skip
     runner = BatchRunner(
         routes, executor, publisher, metrics, flags,
         dispatch_when_idle=settings.dispatch_when_idle,
     )  # fmt: skip
-    intake = KafkaIntake(
+    intake = (intake_factory or KafkaIntake)(
         consumer, routes, runner, publisher, progress, metrics, flags,
         max_poll_records=settings.max_poll_records,
         revoke_timeout_s=min(settings.drain_timeout_s, 5.0),

@@ -42,6 +42,9 @@ class ProducerLike(Protocol):
 
 
 CommitFn = Callable[[dict[Any, int]], Awaitable[None]]
+# Extra headers of one record, from its source coordinates (the replay adds replay-id and
+# source-offset); None: the model headers only.
+HeaderFn = Callable[[Any, int], list[tuple[str, bytes]]]
 
 
 class Publisher:
@@ -56,6 +59,7 @@ class Publisher:
         *,
         dlq_topic: str,
         commit: CommitFn,
+        extra_headers: HeaderFn | None = None,
     ) -> None:
         self._producer = producer
         self._progress = progress
@@ -63,6 +67,7 @@ class Publisher:
         self._flags = flags
         self._dlq_topic = dlq_topic
         self._commit = commit
+        self._extra_headers = extra_headers
 
     # ------------------------------------------------------------------ results
     async def publish(self, state: RouteState, rows: Sequence[Row], values: list[bytes]) -> None:
@@ -70,8 +75,13 @@ class Publisher:
         model = state.handler.model
         headers = [("model", model.name.encode()), ("model_version", model.version.encode())]
         t0 = time.monotonic()
+        extra = self._extra_headers
         records = [
-            (row.event.event_id.encode(), value, headers)
+            (
+                row.event.event_id.encode(),
+                value,
+                headers if extra is None else headers + extra(row.tp, row.offset),
+            )
             for row, value in zip(rows, values, strict=True)
         ]
         if not await self.send_until_acked(state.handler.result_topic, records, state.name):
@@ -169,7 +179,8 @@ class Publisher:
         letter: DeadLetter,
     ) -> None:
         value = codec.encode_dead_letter(letter)
-        if await self.send_until_acked(self._dlq_topic, [(key, value, None)], state.name):
+        headers = None if self._extra_headers is None else self._extra_headers(tp, offset)
+        if await self.send_until_acked(self._dlq_topic, [(key, value, headers)], state.name):
             self._progress.done(state, tp, offset, generation)
 
     # ------------------------------------------------------------------ offsets
