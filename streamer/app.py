@@ -84,7 +84,7 @@ def worker_layout(
 
 def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
-    from streamer.kafka.clients import make_consumer, make_producer
+    from streamer.kafka.clients import make_admin, make_consumer, make_lag_probe, make_producer
     from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
     from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
@@ -124,6 +124,9 @@ def build_service(settings: Settings) -> Service:
         batch_policies(model.target, settings, model.buckets),
         producer=make_producer(settings),
         consumer=make_consumer(settings),
+        lag_clients=(make_admin(settings), make_lag_probe(settings))
+        if settings.group_lag_interval_s
+        else None,
     )
 
 
@@ -169,11 +172,13 @@ def assemble(
     intake_factory: Callable[..., KafkaIntake] | None = None,
     commit: CommitFn | None = None,
     extra_headers: HeaderFn | None = None,
+    lag_clients: tuple[Any, Any] | None = None,
 ) -> Service:
     """Wire the parts around the given clients and executor (tests pass their own).
 
     The live service takes the defaults. The replay tool hands in its bounded source
     (`intake_factory`, called like `KafkaIntake`), its checkpoint (`commit`) and its headers.
+    `lag_clients` (admin, probe consumer) feed the group's committed-offset and time lag.
     """
     from streamer.pipeline.batch_runner import BatchRunner
     from streamer.pipeline.metrics import HealthServer, Metrics
@@ -205,6 +210,16 @@ def assemble(
         def health(ready: Callable[[], bool]) -> HealthServer:
             return HealthServer(metrics, ready, settings.metrics_host, settings.metrics_port)
 
+    lag_monitor = None
+    if lag_clients is not None:
+        from streamer.pipeline.lag import GroupLagMonitor
+
+        lag_monitor = GroupLagMonitor(
+            *lag_clients, metrics, flags,
+            group_id=settings.group_id,
+            topics=[h.source_topic for h in handlers],
+            interval_s=settings.group_lag_interval_s,
+        )  # fmt: skip
     return Service(
         routes=routes,
         executor=executor,
@@ -220,6 +235,7 @@ def assemble(
         commit_interval_s=settings.commit_interval_ms / 1000.0,
         health=health,
         public_settings=settings.public_dict(),
+        lag_monitor=lag_monitor,
     )
 
 

@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     sasl_password: SecretStr | None = None
     group_id: str = Field("streamer", min_length=1, description="Consumer group of the service.")
     client_id: str = Field("streamer", min_length=1)
+    # Static membership (KIP-345): an instance that comes back with the same id within
+    # session_timeout_ms gets its partitions back without a rebalance of the others. It never
+    # sends LeaveGroup, so a gone instance's partitions wait out the session timeout.
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Static group member id, stable across restarts of one instance (the pod "
+        "name of a StatefulSet); unset: dynamic membership.",
+    )
 
     topic_queries: str = "search.queries.v1"
     topic_pairs: str = "search.product-pairs.v1"
@@ -143,6 +154,13 @@ class Settings(BaseSettings):
     # --- Observability ------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9102, ge=0, le=65535, description="0 disables the HTTP endpoint.")
+    group_lag_interval_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How often the group's committed-offset lag and time lag are sampled "
+        "(admin request + one record per lagging partition); 0 disables.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("routes", mode="before")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streamer.config import Settings
 
@@ -35,6 +36,7 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
     """
     return AIOKafkaConsumer(
         group_id=settings.group_id,
+        group_instance_id=settings.group_instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -42,6 +44,25 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        isolation_level="read_committed",
+        **_common(settings),
+    )
+
+
+def make_admin(settings: Settings) -> AIOKafkaAdminClient:
+    """Admin client for the group's committed offsets (the lag monitor)."""
+    return AIOKafkaAdminClient(request_timeout_ms=10_000, **_common(settings))
+
+
+def make_lag_probe(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer outside the group: log start/end offsets, and the one record at a committed
+    offset whose timestamp gives the time lag. Small fetches: it reads one record per partition."""
+    return AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=64 * 1024,
         isolation_level="read_committed",
         **_common(settings),
     )

@@ -98,6 +98,25 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.group_lag = Gauge(
+            "streamer_consumer_group_lag",
+            "Log end offset minus the consumer group's committed offset, per partition of the "
+            "source topics (what KEDA's Kafka scaler and kafka-consumer-groups.sh read).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.group_lag_seconds = Gauge(
+            "streamer_consumer_group_lag_seconds",
+            "Age of the oldest unprocessed record: now minus the timestamp of the record at the "
+            "group's committed offset; 0 when the partition is caught up.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag_sample_errors = Counter(
+            "streamer_lag_sample_errors_total",
+            "Failed samples of the group's committed-offset lag (admin or probe request).",
+            registry=r,
+        )
         self.worker_restarts = Gauge(
             "streamer_worker_restarts", "Worker processes restarted so far.", registry=r
         )

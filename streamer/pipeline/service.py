@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from streamer.pipeline.batch_runner import BatchRunner
 from streamer.pipeline.executor import Executor
 from streamer.pipeline.intake import KafkaIntake
+from streamer.pipeline.lag import GroupLagMonitor
 from streamer.pipeline.metrics import HealthServer, Metrics
 from streamer.pipeline.publisher import Publisher
 from streamer.pipeline.state import Progress, RouteState, StopFlags
@@ -96,6 +97,7 @@ class Service:
         commit_interval_s: float,
         health: Callable[[Callable[[], bool]], HealthServer] | None = None,
         public_settings: Mapping[str, Any] | None = None,
+        lag_monitor: GroupLagMonitor | None = None,
     ) -> None:
         self.routes = routes
         self.executor = executor
@@ -112,6 +114,7 @@ class Service:
         self._make_health = health
         self._health: HealthServer | None = None
         self._public_settings = dict(public_settings or {})
+        self._lag_monitor = lag_monitor
         self._ready = False
         self._background: list[asyncio.Task[None]] = []
 
@@ -185,6 +188,8 @@ class Service:
             self.intake.lag_loop(),
             self._gauges_loop(),
         ]
+        if self._lag_monitor is not None:
+            loops.append(self._lag_monitor.run())
         self._background = [asyncio.create_task(loop) for loop in loops]  # type: ignore[arg-type]
         forced = asyncio.create_task(self.flags.forced.wait())
         try:
