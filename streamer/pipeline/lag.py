@@ -91,13 +91,14 @@ class GroupLagMonitor:
         self._started = False
 
     async def partitions(self) -> list[TopicPartition]:
-        """Every partition of the source topics (metadata refreshed by the probe)."""
-        await self._probe.topics()
+        """Every partition of the source topics (a metadata request of the admin client)."""
         tps = []
-        for topic in self._topics:
-            for p in sorted(self._probe.partitions_for_topic(topic) or ()):
-                tps.append(TopicPartition(topic, p))
-        return tps
+        for topic in await self._admin.describe_topics(self._topics):
+            if topic.get("error_code", 0):
+                continue  # not there (yet): nothing to owe
+            for part in topic["partitions"]:
+                tps.append(TopicPartition(topic["topic"], part["partition"]))
+        return sorted(tps)
 
     async def sample(self) -> dict[TopicPartition, tuple[int, float]]:
         """One sample: {partition: (lag in records, lag in seconds)}, also set as metrics."""
