@@ -560,3 +560,33 @@ def test_base64_payload_is_validated() -> None:
     assert base64.b64decode(obj["payload_b64"]) == b"\x00\xff"
     obj["payload_b64"] = "not base64!"
     assert code_of(codec.decode_dead_letter, orjson.dumps(obj)) is ErrorCode.INVALID_VALUE
+
+
+def test_base64_with_padding_after_a_full_group_is_rejected() -> None:
+    """Regression (found by tests/fuzz/fuzz_codec.py): b64decode(validate=True) ignores '=' after
+    a complete 4-character group, so 'QUJD=' decoded while the schema's pattern rejects it."""
+    letter = DeadLetter.for_record(
+        ErrorCode.NOT_JSON, "r", source_topic="t", source_partition=0, source_offset=0,
+        source_timestamp_ms=None, payload=b"ABC", key=b"k", service="s", dlq_ts_ms=0,
+    )  # fmt: skip
+    obj = orjson.loads(codec.encode_dead_letter(letter))
+    dlq = validator("dead_letter")
+    for field, bad in (("payload_b64", "QUJD="), ("payload_b64", "QUJD=="), ("key_b64", "aw===")):
+        broken = {**obj, field: bad}
+        assert not dlq.is_valid(broken)
+        assert code_of(codec.decode_dead_letter, orjson.dumps(broken)) is ErrorCode.INVALID_VALUE
+    assert codec.decode_dead_letter(orjson.dumps(obj)).payload == b"ABC"
+
+
+def test_result_integers_have_no_upper_bound_like_their_schemas() -> None:
+    """Regression (found by tests/unit/test_fuzz_codec.py): the result decoders capped integers
+    at 2**63, so processed_ts_ms = 2**64 - 1 (which the schema, minimum 0 only, accepts) failed."""
+    result = IntentResult("q", "help", 0.5, {"help": 0.5}, "m", "1", 1, 2)
+    obj = orjson.loads(codec.encode_intent_result(result))
+    for value in (2**64 - 1, 1e300):
+        big = {**obj, "processed_ts_ms": value, "source_ts_ms": value}
+        assert validator("intent_result").is_valid(big)
+        assert codec.decode_intent_result(orjson.dumps(big)).processed_ts_ms == int(value)
+    assert code_of(codec.decode_intent_result, orjson.dumps({**obj, "processed_ts_ms": -1})) is (
+        ErrorCode.INVALID_VALUE
+    )
