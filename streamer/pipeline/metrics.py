@@ -112,6 +112,11 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.ready = Gauge(
+            "streamer_ready",
+            "1 while /readyz answers 200 (consuming, not draining, live workers), else 0.",
+            registry=r,
+        )
         self.lag_sample_errors = Counter(
             "streamer_lag_sample_errors_total",
             "Failed samples of the group's committed-offset lag (admin or probe request).",

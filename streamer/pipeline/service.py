@@ -244,6 +244,7 @@ class Service:
         while not self.flags.stopping.is_set():
             await asyncio.sleep(1.0)
             self.metrics.worker_restarts.set(self.executor.restarts)
+            self.metrics.ready.set(1 if self.is_ready() else 0)
             self.metrics.ignored_completions.set(self._progress.watermark.ignored)
             for state in self.routes.values():
                 for stage, p99 in state.linger.snapshot().items():
