@@ -71,15 +71,39 @@ def worker_layout(
             lambda i: {"CUDA_VISIBLE_DEVICES": str(i)},
         )
     if target in ("neuron", "neuronx"):
-        if settings.workers is None:
+        # One model copy per NeuronCore, as in the Amazon Search deployment. Where the process
+        # was handed a set of cores (Kubernetes' Neuron device plugin sets
+        # NEURON_RT_VISIBLE_CORES for aws.amazon.com/neuroncore), worker i takes the i-th.
+        visible = neuron_cores(os.environ.get("NEURON_RT_VISIBLE_CORES", ""))
+        workers = settings.workers or len(visible)
+        if not workers:
             raise StartupError("target neuron needs --workers = number of NeuronCores to use")
-        # One model copy per NeuronCore, as in the Amazon Search deployment.
+        if visible and workers > len(visible):
+            raise StartupError(
+                f"{workers} workers but NEURON_RT_VISIBLE_CORES gives {len(visible)} NeuronCores"
+            )
+        cores = visible or list(range(workers))
         return (
-            settings.workers,
+            workers,
             settings.threads_per_worker or 1,
-            lambda i: {"NEURON_RT_VISIBLE_CORES": str(i)},
+            lambda i: {"NEURON_RT_VISIBLE_CORES": str(cores[i])},
         )
     raise StartupError(f"unknown artifact target {target!r}")
+
+
+def neuron_cores(spec: str) -> list[int]:
+    """NeuronCore ids of a NEURON_RT_VISIBLE_CORES value: '4', '4-7', '0,2,5' or '' (none)."""
+    cores: list[int] = []
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise StartupError(f"NEURON_RT_VISIBLE_CORES={spec!r}: expected ids or ranges") from None
+        cores.extend(range(first, last + 1))
+    return cores
 
 
 def build_service(settings: Settings) -> Service:
