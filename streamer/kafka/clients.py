@@ -8,13 +8,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streamer.config import Settings
+from streamer.kafka.security import security_kwargs
 
 
 def _common(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": settings.client_id,
-        **settings.kafka_security(),
+        **security_kwargs(settings),
     }
 
 

@@ -110,11 +110,12 @@ def test_restarted_instance_rejoins_without_rebalancing_the_other(
 
         # Records on every partition are answered after the restart (both instances consume).
         events = [
-            (f"s{i}".encode(), query_event(f"s{i}", QUERIES[i % len(QUERIES)]))
-            for i in range(40)
+            (f"s{i}".encode(), query_event(f"s{i}", QUERIES[i % len(QUERIES)])) for i in range(40)
         ]
         asyncio.run(produce(kafka_bootstrap, topics.queries, events))
-        seen = asyncio.run(collect(kafka_bootstrap, topics.intents, {f"s{i}" for i in range(40)}, 90))
+        seen = asyncio.run(
+            collect(kafka_bootstrap, topics.intents, {f"s{i}" for i in range(40)}, 90)
+        )
         assert {f"s{i}" for i in range(40)} <= seen.keys()
 
         b_events_after = rebalance_events(b.log_path)[b_events_before:]
