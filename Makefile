@@ -29,12 +29,24 @@ $(STAMP): $(LOCK)
 venv: $(STAMP) ## Create/refresh the virtual environment from the lock file
 
 .PHONY: test
-test: venv ## Run the whole test suite (starts its own Kafka broker)
+test: venv ops-tools ## Run the whole test suite (starts its own Kafka broker)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: venv ## Fast tests only: no broker, no processes
+test-unit: venv ops-tools ## Fast tests only: no broker, no processes
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: ops-tools
+ops-tools: ## helm, promtool, prometheus, KEDA CRDs into ~/.cache/streamer/ops (once; the ops tests use them)
+	@bash deploy/tools/install.sh
+
+.PHONY: test-ops
+test-ops: venv ops-tools ## Chart validation, promtool rule tests, real Prometheus, static membership, group lag
+	$(PY) -m pytest $(OPS_TESTS) $(PYTEST_ARGS)
+
+OPS_TESTS ?= tests/unit/test_deploy_helm.py tests/unit/test_deploy_prometheus.py \
+	tests/integration/test_prometheus_live.py tests/integration/test_static_membership.py \
+	tests/integration/test_group_lag.py
 
 .PHONY: test-avx2
 test-avx2: venv ## Model tests on an emulated AVX2-only CPU (QEMU user mode, no AVX-512/VNNI; needs qemu-user)
