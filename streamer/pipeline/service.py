@@ -44,12 +44,38 @@ class StartupError(RuntimeError):
 
 
 class KafkaClients:
-    """The service's producer and consumer, started and stopped together (clear errors)."""
+    """The service's producer and consumer, started and stopped together (clear errors).
 
-    def __init__(self, producer: Any, consumer: Any, bootstrap_servers: str) -> None:
+    With an `access` probe (`streamer.kafka.access.BrokerAccess`; the composition root passes
+    one, tests with fake clients do not) a failed start says why (TLS, SASL), start-up checks
+    that `read_topics` may be read and `write_topics` written (ACLs), and `watch` keeps
+    `broker_reachable` current for readiness. Error texts never carry a secret.
+    """
+
+    def __init__(
+        self,
+        producer: Any,
+        consumer: Any,
+        bootstrap_servers: str,
+        *,
+        access: Any = None,
+        read_topics: set[str] | None = None,
+        write_topics: set[str] | None = None,
+        secrets: list[str] | None = None,
+    ) -> None:
         self.producer = producer
         self.consumer = consumer
         self._bootstrap = bootstrap_servers
+        self._access = access
+        self._read = set(read_topics or ())
+        self._write = set(write_topics or ())
+        self._secrets = [s for s in (secrets or []) if s]
+        self.broker_reachable = True
+
+    def _safe(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def start(self, needed_topics: set[str]) -> None:
         """Connect both clients and check that every topic exists; StartupError says what not."""
@@ -58,10 +84,32 @@ class KafkaClients:
             await asyncio.wait_for(self.consumer.start(), timeout=30)
         except (TimeoutError, KafkaError, OSError) as exc:
             await self.stop()
+            reason = await self._access.diagnose() if self._access is not None else None
             raise StartupError(
-                f"cannot reach Kafka at {self._bootstrap}: {exc!r} "
-                "(is the broker up? `make kafka-up`)"
-            ) from exc
+                self._safe(
+                    f"cannot connect to Kafka at {self._bootstrap}: {reason or repr(exc)}"
+                    + ("" if reason else " (is the broker up? `make kafka-up`)")
+                )
+            ) from None
+        if self._access is not None:
+            try:
+                problems = await self._access.check(
+                    self._read, self._write | needed_topics - self._read
+                )
+            except (TimeoutError, KafkaError, OSError, NotImplementedError) as exc:
+                problems = [f"the topic and ACL check failed: {type(exc).__name__}"]
+            if problems:
+                await self.stop()
+                raise StartupError(
+                    self._safe(
+                        f"Kafka at {self._bootstrap}: "
+                        + "; ".join(problems)
+                        + " (create topics with `streamer topics create`; ACLs: the service's "
+                        "user needs READ on its input topics and group, WRITE on its result "
+                        "and DLQ topics)"
+                    )
+                )
+            return
         missing = sorted(needed_topics - await self.consumer.topics())
         if missing:
             await self.stop()
@@ -70,11 +118,31 @@ class KafkaClients:
                 "(create them with `streamer topics create`)"
             )
 
+    async def watch(self, stopping: asyncio.Event, interval_s: float = 2.0) -> None:
+        """Keep `broker_reachable` current (a bounded ping every interval_s) until stopping."""
+        if self._access is None:
+            return
+        while not stopping.is_set():
+            reachable = await self._access.ping(timeout_s=max(1.0, 2 * interval_s))
+            if reachable != self.broker_reachable:
+                self.broker_reachable = reachable
+                log.log(
+                    logging.INFO if reachable else logging.WARNING,
+                    "broker reachable" if reachable else "broker unreachable: not ready",
+                    extra={"event": "broker", "reachable": reachable},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval_s)
+
     async def stop(self) -> None:
         """Stop both clients (bounded; errors ignored: we are leaving)."""
-        for client in (self.consumer, self.producer):
+        for client in (self.consumer, self.producer, self._access):
+            if client is None:
+                continue
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.stop(), timeout=10)
+                await asyncio.wait_for(
+                    client.close() if client is self._access else client.stop(), timeout=10
+                )
 
 
 class Service:
@@ -154,8 +222,14 @@ class Service:
         )  # fmt: skip
 
     def is_ready(self) -> bool:
-        """Ready = consuming, not draining, and the executor has live workers."""
-        return self._ready and not self.flags.stopping.is_set() and self.executor.live_workers() > 0
+        """Ready = consuming, not draining, the executor has live workers and the broker
+        answers (`KafkaClients.watch`: unready while it is away, ready again once it is back)."""
+        return (
+            self._ready
+            and not self.flags.stopping.is_set()
+            and self.executor.live_workers() > 0
+            and self.clients.broker_reachable
+        )
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self) -> None:
@@ -187,6 +261,7 @@ class Service:
             self.publisher.commit_loop(self._commit_interval_s),
             self.intake.lag_loop(),
             self._gauges_loop(),
+            self.clients.watch(self.flags.stopping),
         ]
         if self._lag_monitor is not None:
             loops.append(self._lag_monitor.run())
