@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from streamer import logs
 from streamer.config import Route, Settings, load_settings
+from streamer.kafka.security import SecurityConfigError
 from streamer.model.buckets import Buckets, choose_batch
 from streamer.model.tasks import Task
 from streamer.pipeline.backpressure import Backpressure
@@ -108,6 +109,7 @@ def neuron_cores(spec: str) -> list[int]:
 
 def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
+    from streamer.kafka.access import BrokerAccess
     from streamer.kafka.clients import make_admin, make_consumer, make_lag_probe, make_producer
     from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
@@ -148,6 +150,7 @@ def build_service(settings: Settings) -> Service:
         batch_policies(model.target, settings, model.buckets),
         producer=make_producer(settings),
         consumer=make_consumer(settings),
+        access=BrokerAccess(settings),
         lag_clients=(make_admin(settings), make_lag_probe(settings))
         if settings.group_lag_interval_s
         else None,
@@ -197,12 +200,15 @@ def assemble(
     commit: CommitFn | None = None,
     extra_headers: HeaderFn | None = None,
     lag_clients: tuple[Any, Any] | None = None,
+    access: Any = None,
 ) -> Service:
     """Wire the parts around the given clients and executor (tests pass their own).
 
     The live service takes the defaults. The replay tool hands in its bounded source
     (`intake_factory`, called like `KafkaIntake`), its checkpoint (`commit`) and its headers.
     `lag_clients` (admin, probe consumer) feed the group's committed-offset and time lag.
+    `access` (`streamer.kafka.access.BrokerAccess`) explains connection failures, checks the
+    topics' ACLs at start-up and tells readiness whether the broker answers.
     """
     from streamer.pipeline.batch_runner import BatchRunner
     from streamer.pipeline.metrics import HealthServer, Metrics
@@ -247,7 +253,15 @@ def assemble(
     return Service(
         routes=routes,
         executor=executor,
-        clients=KafkaClients(producer, consumer, settings.bootstrap_servers),
+        clients=KafkaClients(
+            producer,
+            consumer,
+            settings.bootstrap_servers,
+            access=access,
+            read_topics={h.source_topic for h in handlers},
+            write_topics={h.result_topic for h in handlers} | {settings.topic_dlq},
+            secrets=settings.secrets(),
+        ),
         intake=intake,
         runner=runner,
         publisher=publisher,
@@ -396,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
         import uvloop
 
         return uvloop.run(serve(settings))
-    except StartupError as exc:
+    except (StartupError, SecurityConfigError) as exc:
         log.error("startup failed", extra={"event": "startup_failed", "reason": str(exc)})
         print(f"streamer: {exc}", file=sys.stderr)
         return 3

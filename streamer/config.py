@@ -42,10 +42,31 @@ class Settings(BaseSettings):
         ),
         description="Kafka bootstrap servers, comma separated.",
     )
+    # --- Kafka security (TLS, SASL); clients are built from these in streamer/kafka/clients.py
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # AWS_MSK_IAM is SASL/OAUTHBEARER with a token signed from the AWS credentials (the `msk`
+    # extra: aws-msk-iam-sasl-signer-python); the others are Kafka's own mechanisms.
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that sign the brokers' certificates; unset: the "
+        "system's trusted CAs.",
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (mTLS); may also hold the key."
+    )
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile.")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = Field(
+        True, description="The broker's certificate must name the host connected to."
+    )
+    aws_region: str | None = Field(
+        None, pattern=r"^[a-z0-9-]+$", description="AWS region of the MSK cluster (AWS_MSK_IAM)."
+    )
+    # --- end of Kafka security
+
     group_id: str = Field("streamer", min_length=1, description="Consumer group of the service.")
     client_id: str = Field("streamer", min_length=1)
     # Static membership (KIP-345): an instance that comes back with the same id within
@@ -176,20 +197,59 @@ class Settings(BaseSettings):
         """Reject settings that cannot work together, with a reason."""
         if not self.routes:
             raise ValueError("routes must name at least one of: intent, duplicate")
-        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
-            raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        self._check_security()
         return self
 
+    def _check_security(self) -> None:
+        """TLS and SASL settings that cannot work together (reasons never carry values)."""
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if self.sasl_mechanism and not sasl:
+            raise ValueError("sasl_mechanism needs security_protocol SASL_SSL or SASL_PLAINTEXT")
+        if self.sasl_mechanism == "AWS_MSK_IAM":
+            if self.security_protocol != "SASL_SSL" or not self.aws_region:
+                raise ValueError("sasl_mechanism AWS_MSK_IAM needs SASL_SSL and aws_region")
+        elif self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        files = {
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        for name, path in files.items():
+            if path is None:
+                continue
+            if not tls:
+                raise ValueError(f"{name} needs security_protocol SSL or SASL_SSL")
+            if not path.is_file():
+                raise ValueError(f"{name}: no such file")
+        if (self.ssl_keyfile or self.ssl_key_password) and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile and ssl_key_password need ssl_certfile")
+
     def kafka_security(self) -> dict[str, Any]:
-        """Keyword arguments for aiokafka clients' security settings (secret unwrapped here only)."""
+        """aiokafka's SASL keyword arguments (the password unwrapped here only).
+
+        TLS (the ssl_context) and the MSK token provider are built by
+        `streamer.kafka.clients.security_kwargs`, which starts from these.
+        """
         kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
+        if self.sasl_mechanism and self.sasl_mechanism != "AWS_MSK_IAM":
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = (
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
         return kwargs
+
+    def secrets(self) -> list[str]:
+        """The secret values, for redacting any text that leaves the process."""
+        return [
+            s.get_secret_value()
+            for s in (self.sasl_password, self.ssl_key_password)
+            if s is not None and s.get_secret_value()
+        ]
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as JSON-able values for the startup log line (SecretStr stays masked)."""

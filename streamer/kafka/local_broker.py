@@ -7,9 +7,17 @@ serves (metadata and group coordination, `streamer.kafka.probe`) and stops it wi
 then SIGKILL. Nothing of it is left behind: a broker started by a test session dies with
 that session even when the session is killed.
 
+Secured mode (`secure=True`; `make kafka-up SECURE=1`): one SASL_SSL listener (SCRAM-SHA-512)
+with a CA and broker certificate generated at start (`streamer.kafka.local_tls`), users created
+by `kafka-storage format --add-scram` with random passwords, the StandardAuthorizer with no
+access unless an ACL grants it (`BrokerSecurity.grant`), the broker's own principal and `admin`
+as super users, and the controller listener on mutual TLS. A second SASL_SSL listener serves an
+expired certificate (`expired_bootstrap`), for tests of what a client does with one.
+
 Command line (the Makefile's `kafka-up` / `kafka-down`)::
 
     python -m streamer.kafka.local_broker up       # idempotent; last line = bootstrap address
+    python -m streamer.kafka.local_broker up --secure   # + TLS, SCRAM users, ACLs
     python -m streamer.kafka.local_broker status
     python -m streamer.kafka.local_broker down [--purge]
 """
@@ -42,7 +50,7 @@ from streamer.kafka.install import (
     kafka_home,
     version_dir,
 )
-from streamer.kafka.probe import ProbeError, tcp_accepts, wait_until_ready
+from streamer.kafka.probe import ProbeError, run_in_fresh_loop, tcp_accepts, wait_until_ready
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
@@ -348,6 +356,161 @@ def _tail(path: Path, lines: int, since: int = 0) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+# --- secured mode ------------------------------------------------------------------------
+
+ADMIN_USER = "admin"
+BROKER_PRINCIPAL = "User:CN=streamer-broker"
+SCRAM = "SCRAM-SHA-512"
+
+
+class BrokerSecurity:
+    """TLS material, SCRAM users and ACL helpers of one secured local broker.
+
+    Made once per work directory: the CA, the broker's certificates and the users' random
+    passwords live as long as the broker's data (a restart keeps them). Passwords are in memory
+    and in the broker's own 0600 files (server.properties' JAAS lines), nowhere else.
+    """
+
+    def __init__(self, tls_dir: Path, host: str, users: Iterable[str]) -> None:
+        import secrets
+
+        from streamer.kafka.local_tls import CertificateAuthority
+
+        self.tls_dir = tls_dir
+        self.host = host
+        ca = CertificateAuthority()
+        hosts = tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        (tls_dir / "ca.pem").write_bytes(ca.cert_pem)
+        ca.issue("streamer-broker", hosts=hosts).write(tls_dir / "broker.pem")
+        ca.issue("streamer-broker", hosts=hosts, expired=True).write(tls_dir / "broker-expired.pem")
+        self._ca = ca
+        self.passwords: dict[str, str] = {
+            name: secrets.token_urlsafe(24) for name in dict.fromkeys([ADMIN_USER, *users])
+        }
+        self.expired_port: int | None = None
+        self.bootstrap_servers = ""
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients trust (ssl_cafile)."""
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def expired_bootstrap(self) -> str:
+        """A listener of the same broker whose certificate expired yesterday."""
+        return f"{self.host}:{self.expired_port}"
+
+    def issue_client_certificate(self, common_name: str, directory: Path) -> tuple[Path, Path]:
+        """A client certificate and key signed by this broker's CA (for mTLS clients)."""
+        cert, key = directory / f"{common_name}.pem", directory / f"{common_name}.key"
+        self._ca.issue(common_name).write(cert, key)
+        return cert, key
+
+    def properties(self, port: int, controller_port: int) -> dict[str, object]:
+        """server.properties overrides of the secured mode."""
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="{self.passwords[ADMIN_USER]}";'
+        )
+        h = self.host
+        return {
+            "listeners": f"SASL_SSL://{h}:{port},EXPIRED://{h}:{self.expired_port},"
+            f"CONTROLLER://{h}:{controller_port}",
+            "advertised.listeners": f"SASL_SSL://{h}:{port},EXPIRED://{h}:{self.expired_port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,EXPIRED:SASL_SSL,CONTROLLER:SSL",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "listener.name.expired.scram-sha-512.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self.tls_dir / "broker.pem",
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.ca_file,
+            "listener.name.expired.ssl.keystore.type": "PEM",
+            "listener.name.expired.ssl.keystore.location": self.tls_dir / "broker-expired.pem",
+            # The broker reaches its controller as the certificate's principal.
+            "listener.name.controller.ssl.client.auth": "required",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_USER};{BROKER_PRINCIPAL}",
+            "allow.everyone.if.no.acl.found": False,
+        }
+
+    def format_args(self) -> list[str]:
+        """kafka-storage format arguments that create the SCRAM users in the metadata log."""
+        args: list[str] = []
+        for name, password in self.passwords.items():
+            args += ["--add-scram", f"{SCRAM}=[name={name},password={password}]"]
+        return args
+
+    def client_kwargs(self, user: str = ADMIN_USER) -> dict[str, object]:
+        """aiokafka security arguments for `user` (a new SSLContext each call)."""
+        from aiokafka.helpers import create_ssl_context
+
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": create_ssl_context(cafile=str(self.ca_file)),
+            "sasl_mechanism": SCRAM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": self.passwords[user],
+        }
+
+    def service_env(self, user: str) -> dict[str, str]:
+        """STREAMER_* variables that make the service connect as `user`."""
+        return {
+            "STREAMER_SECURITY_PROTOCOL": "SASL_SSL",
+            "STREAMER_SASL_MECHANISM": SCRAM,
+            "STREAMER_SASL_USERNAME": user,
+            "STREAMER_SASL_PASSWORD": self.passwords[user],
+            "STREAMER_SSL_CAFILE": str(self.ca_file),
+        }
+
+    def grant(
+        self,
+        user: str,
+        *,
+        read: Iterable[str] = (),
+        write: Iterable[str] = (),
+        describe: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        prefixed: bool = False,
+    ) -> None:
+        """ALLOW `user` READ (topics in `read`), WRITE (`write`), DESCRIBE (`describe`, and
+        every topic above) and READ on `groups`; names are prefixes when `prefixed`."""
+        from streamer.kafka.acl import (
+            AclBinding,
+            AclOperation,
+            PatternType,
+            ResourceType,
+            create_acls,
+        )
+
+        pattern = PatternType.PREFIXED if prefixed else PatternType.LITERAL
+        principal = f"User:{user}"
+        wanted: list[tuple[ResourceType, str, AclOperation]] = []
+        for name in read:
+            wanted += [(ResourceType.TOPIC, name, AclOperation.READ)]
+        for name in write:
+            wanted += [(ResourceType.TOPIC, name, AclOperation.WRITE)]
+        for name in {*read, *write, *describe}:
+            wanted += [(ResourceType.TOPIC, name, AclOperation.DESCRIBE)]
+        for name in groups:
+            wanted += [(ResourceType.GROUP, name, AclOperation.READ)]
+        bindings = [AclBinding(principal, t, n, op, pattern) for t, n, op in wanted]
+        run_in_fresh_loop(
+            lambda: create_acls(self.bootstrap_servers, bindings, self.client_kwargs()), 60.0
+        )
+
+    def write_env_file(self, path: Path, user: str) -> Path:
+        """`export STREAMER_...` lines for `user` in a 0600 file (for `make kafka-up SECURE=1`)."""
+        text = "".join(f"export {k}={v}\n" for k, v in self.service_env(user).items())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        return path
+
+
 # --- the broker process -----------------------------------------------------------------
 
 
@@ -380,6 +543,8 @@ class LocalKafka:
         start_timeout_s: float = 90.0,
         stop_timeout_s: float = 30.0,
         node_id: int = 1,
+        secure: bool = False,
+        users: Iterable[str] = ("streamer",),
     ) -> None:
         self._version = version
         self.host = host
@@ -398,6 +563,9 @@ class LocalKafka:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.node_id = node_id
+        self._secure = secure
+        self._users = tuple(users)
+        self.security: BrokerSecurity | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
         self._log_offset = 0
@@ -484,8 +652,18 @@ class LocalKafka:
         # Auto-picked ports can be taken between the check and the JVM's bind; pick again,
         # but only before the first start: a restart must come back on the same address.
         attempts = 1 if self._ports_fixed or self._started_once else 3
+        if self._secure and self.security is None:
+            self.security = BrokerSecurity(self.workdir / "tls", self.host, self._users)
         for attempt in range(attempts):
             self._pick_ports(fresh=attempt > 0)
+            if self.security is not None and (
+                self.security.expired_port is None or (attempt > 0 and not self._started_once)
+            ):
+                self.security.expired_port = free_port(
+                    self.host, avoid=[self.port, self._controller_port or 0]
+                )
+            if self.security is not None:
+                self.security.bootstrap_servers = self.bootstrap_servers
             properties = self._write_properties()
             self._format_storage(java, installation.classpath, properties)
             try:
@@ -572,6 +750,9 @@ class LocalKafka:
     def _write_properties(self) -> Path:
         assert self._controller_port is not None
         template = (DEPLOY_DIR / "server.properties.template").read_text()
+        overrides = dict(self.overrides)
+        if self.security is not None:
+            overrides = {**self.security.properties(self.port, self._controller_port), **overrides}
         text = render_server_properties(
             template,
             node_id=self.node_id,
@@ -579,10 +760,13 @@ class LocalKafka:
             port=self.port,
             controller_port=self._controller_port,
             data_dir=self.data_dir,
-            overrides=self.overrides,
+            overrides=overrides,
         )
         path = self.workdir / "server.properties"
-        path.write_text(text)
+        # 0600: in secured mode it holds the admin user's password (JAAS line).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
         return path
 
     def _format_storage(self, java: str, classpath: str, properties: Path) -> None:
@@ -595,7 +779,14 @@ class LocalKafka:
             java,
             classpath,
             STORAGE_TOOL,
-            ["format", "-t", new_cluster_id(), "-c", str(properties)],
+            [
+                "format",
+                "-t",
+                new_cluster_id(),
+                "-c",
+                str(properties),
+                *(self.security.format_args() if self.security else []),
+            ],
             heap="256m",
             log4j_config=DEPLOY_DIR / "log4j2.properties",
             # A one-shot tool: start time is all that matters.
@@ -645,7 +836,12 @@ class LocalKafka:
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         try:
-            wait_until_ready(self.bootstrap_servers, self.start_timeout_s, self.is_running)
+            wait_until_ready(
+                self.bootstrap_servers,
+                self.start_timeout_s,
+                self.is_running,
+                client_kwargs=self.security.client_kwargs if self.security else None,
+            )
         except ProbeError as exc:
             alive = self.is_running()
             # A JVM that never served has loaded only part of the broker's classes: an

@@ -13,9 +13,9 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -63,13 +63,19 @@ def tcp_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-async def probe_once(bootstrap: str, timeout_s: float = 5.0) -> ClusterProbe:
-    """One metadata round trip plus a FindCoordinator; raises if either fails."""
+async def probe_once(
+    bootstrap: str, timeout_s: float = 5.0, client_kwargs: Mapping[str, Any] | None = None
+) -> ClusterProbe:
+    """One metadata round trip plus a FindCoordinator; raises if either fails.
+
+    `client_kwargs`: security settings (TLS, SASL) for a secured broker.
+    """
     timeout_ms = max(1000, int(timeout_s * 1000))
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="streamer-probe",
         request_timeout_ms=timeout_ms,
+        **(client_kwargs or {}),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
@@ -126,6 +132,7 @@ def wait_until_ready(
     timeout_s: float,
     still_starting: Callable[[], bool] = lambda: True,
     poll_s: float = 0.1,
+    client_kwargs: Callable[[], Mapping[str, Any]] | None = None,
 ) -> ClusterProbe:
     """Poll until the broker serves metadata and group coordination, or raise ProbeError.
 
@@ -142,8 +149,10 @@ def wait_until_ready(
         if tcp_accepts(host, port):
             attempt_s = min(5.0, max(1.0, deadline - time.monotonic()))
             try:
+                # A factory: an SSLContext must not be shared across the helper loops.
+                kwargs = client_kwargs() if client_kwargs else None
                 return run_in_fresh_loop(
-                    functools.partial(probe_once, bootstrap, attempt_s), attempt_s * 4
+                    functools.partial(probe_once, bootstrap, attempt_s, kwargs), attempt_s * 4
                 )
             except Exception as exc:
                 last_error = exc

@@ -63,11 +63,14 @@ def topic_partitions(partitions: int, names: Iterable[str] = DEFAULT_TOPICS) -> 
     return dict.fromkeys(names, partitions)
 
 
-def _admin(bootstrap: str, timeout_s: float) -> AIOKafkaAdminClient:
+def _admin(
+    bootstrap: str, timeout_s: float, client_kwargs: Mapping[str, Any] | None = None
+) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="streamer-topics",
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        **(client_kwargs or {}),
     )
 
 
@@ -107,6 +110,7 @@ async def ensure_topics(
     topics: Mapping[str, int],
     replication: int = 1,
     timeout_s: float = 30.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> EnsureReport:
     """Create the topics that are missing; existing ones are fine and left as they are.
 
@@ -119,7 +123,7 @@ async def ensure_topics(
             raise ValueError(f"{name}: partitions must be >= 1, got {partitions}")
     if not topics:
         return EnsureReport((), ())
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, client_kwargs)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         present = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
