@@ -51,18 +51,26 @@ class Topics:
         }
 
 
-async def create_topics(bootstrap: str, partitions: int = 4) -> Topics:
-    """Create a fresh set of the five topics (random suffix) and return their names."""
+async def create_topics(
+    bootstrap: str,
+    partitions: int = 4,
+    client_kwargs: dict[str, Any] | None = None,
+    prefix: str = "t-",
+) -> Topics:
+    """Create a fresh set of the five topics (random suffix) and return their names.
+
+    `client_kwargs`: security settings for a secured broker (an admin's).
+    """
     suffix = uuid.uuid4().hex[:8]
     topics = Topics(
-        queries=f"t-queries-{suffix}",
-        pairs=f"t-pairs-{suffix}",
-        intents=f"t-intents-{suffix}",
-        duplicates=f"t-dups-{suffix}",
-        dlq=f"t-dlq-{suffix}",
+        queries=f"{prefix}queries-{suffix}",
+        pairs=f"{prefix}pairs-{suffix}",
+        intents=f"{prefix}intents-{suffix}",
+        duplicates=f"{prefix}dups-{suffix}",
+        dlq=f"{prefix}dlq-{suffix}",
     )
     names = (topics.queries, topics.pairs, topics.intents, topics.duplicates, topics.dlq)
-    await ensure_topics(bootstrap, dict.fromkeys(names, partitions))
+    await ensure_topics(bootstrap, dict.fromkeys(names, partitions), client_kwargs=client_kwargs)
     return topics
 
 
@@ -82,6 +90,19 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         """Launch the service; returns once /readyz answers 200 (or raises with the log)."""
+        self.launch()
+        assert self.proc is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log_tail()}")
+            if self.http("/readyz")[0] == 200:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"service not ready in 90 s:\n{self.log_tail()}")
+
+    def launch(self) -> ServiceProcess:
+        """Start the process without waiting for readiness (tests of start-up failures)."""
         self.metrics_port = free_port()
         env = dict(os.environ)
         env.update(self.topics.env())
@@ -107,14 +128,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamer", "run"], env=env, stdout=log, stderr=log, cwd=REPO
         )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log_tail()}")
-            if self.http("/readyz")[0] == 200:
-                return self
-            time.sleep(0.2)
-        raise RuntimeError(f"service not ready in 90 s:\n{self.log_tail()}")
+        return self
 
     def http(self, path: str) -> tuple[int, str]:
         """GET a path of the service's HTTP endpoint; (0, '') when it does not answer."""
@@ -209,10 +223,16 @@ QUERIES = [
 
 
 async def produce(
-    bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]], rate: float | None = None
+    bootstrap: str,
+    topic: str,
+    values: list[tuple[bytes | None, bytes]],
+    rate: float | None = None,
+    client_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Send (key, value) records, optionally paced at `rate` per second; waits for all acks."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(client_kwargs or {})
+    )
     await producer.start()
     try:
         start = time.monotonic()
@@ -229,7 +249,12 @@ async def produce(
 
 
 async def collect(
-    bootstrap: str, topic: str, expected_ids: set[str], timeout_s: float, settle_s: float = 1.0
+    bootstrap: str,
+    topic: str,
+    expected_ids: set[str],
+    timeout_s: float,
+    settle_s: float = 1.0,
+    client_kwargs: dict[str, Any] | None = None,
 ) -> Counter[str]:
     """Read a results topic from the start until every expected id was seen (or timeout).
 
@@ -238,7 +263,7 @@ async def collect(
     """
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, fetch_max_wait_ms=50,
+        group_id=None, fetch_max_wait_ms=50, **(client_kwargs or {}),
     )  # fmt: skip
     await consumer.start()
     seen: Counter[str] = Counter()
@@ -259,11 +284,13 @@ async def collect(
     return seen
 
 
-async def read_all(bootstrap: str, topic: str, timeout_s: float = 5.0) -> list[dict]:
+async def read_all(
+    bootstrap: str, topic: str, timeout_s: float = 5.0, client_kwargs: dict[str, Any] | None = None
+) -> list[dict]:
     """Every record currently in a topic, decoded."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, fetch_max_wait_ms=50,
+        group_id=None, fetch_max_wait_ms=50, **(client_kwargs or {}),
     )  # fmt: skip
     await consumer.start()
     out = []
