@@ -68,8 +68,8 @@ fmt: venv ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix streamer compile tests
 
 .PHONY: kafka-up
-kafka-up: venv ## Start the local Apache Kafka (installs on first use); last line = bootstrap address
-	@$(PY) -m streamer.kafka.local_broker up
+kafka-up: venv ## Start the local Apache Kafka (installs on first use); last line = bootstrap address; SECURE=1: SASL_SSL, SCRAM users, ACLs
+	@$(PY) -m streamer.kafka.local_broker up $(if $(SECURE),--secure)
 
 .PHONY: kafka-down
 kafka-down: venv ## Stop the local Apache Kafka

@@ -221,6 +221,7 @@ class BrokerState:
     started_at: float
     cds_pending: str | None = None
     cds_archive: str | None = None
+    secure: bool = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -875,6 +876,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     path = state_path()
     previous = read_state(path)
     if previous is not None and _alive(previous):
+        if previous.secure != args.secure:
+            kind = "secured" if previous.secure else "plaintext"
+            print(f"a {kind} Kafka runs (pid {previous.pid}): `make kafka-down` first")
+            return 1
         print(f"Kafka {previous.version} already running (pid {previous.pid})")
         print(previous.bootstrap_servers)
         return 0
@@ -882,6 +887,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Alive but not answering: a wedged JVM from an earlier `up`. Replace it.
         terminate_pid(previous.pid)
     workdir = path.parent
+    if args.secure:
+        # Fresh CA, users and passwords on every secured `up`: nothing secret outlives it
+        # but the 0600 files in this directory, which `down` deletes.
+        workdir = path.parent.parent / "run-secure"
+        shutil.rmtree(workdir, ignore_errors=True)
     preferred = [args.port] if args.port else [DEFAULT_PORT, previous.port if previous else None]
     port = choose_port(preferred)
     controller_preferred = [previous.controller_port if previous else None, DEFAULT_PORT + 1]
@@ -892,11 +902,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         controller_port=controller_port,
         workdir=workdir,
         die_with_parent=False,
+        secure=args.secure,
+        users=("streamer",),
     )
     try:
         kafka.start()
+        if kafka.security is not None:
+            env_file = _secure_setup(kafka)
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
+        kafka.stop()
         return 1
     assert kafka.pid is not None
     # `down` runs in another process: hand it the class archive the JVM records at exit.
@@ -913,14 +928,49 @@ def cmd_up(args: argparse.Namespace) -> int:
             started_at=time.time(),
             cds_pending=str(pending) if pending else None,
             cds_archive=str(archive) if archive else None,
+            secure=args.secure,
         ),
     )
     print(
         f"Kafka {kafka.version} started in {kafka.start_seconds:.1f}s "
         f"(pid {kafka.pid}, log {kafka.log_file})"
     )
+    if kafka.security is not None:
+        print(
+            f"secured: SASL_SSL + SCRAM-SHA-512, CA {kafka.security.ca_file}; the service's "
+            f"settings (user 'streamer', its ACLs on the default topics and group 'streamer'): "
+            f"source {env_file}"
+        )
     print(kafka.bootstrap_servers)
     return 0
+
+
+def _secure_setup(kafka: LocalKafka) -> Path:
+    """The default topics, the service user's ACLs on them, its settings in a 0600 file."""
+    from streamer.kafka.topics import DEFAULT_TOPICS, ensure_topics, topic_partitions
+
+    security = kafka.security
+    assert security is not None
+    run_in_fresh_loop(
+        lambda: ensure_topics(
+            kafka.bootstrap_servers,
+            topic_partitions(4),
+            client_kwargs=security.client_kwargs(),
+        ),
+        120.0,
+    )
+    names = list(DEFAULT_TOPICS)
+    inputs = [n for n in names if n.startswith(("search.queries", "search.product-pairs"))]
+    security.grant(
+        "streamer",
+        read=inputs,
+        write=[n for n in names if n not in inputs],
+        groups=["streamer"],
+    )
+    env = security.write_env_file(kafka.workdir / "streamer.env", "streamer")
+    with open(env, "a") as handle:
+        handle.write(f"export STREAMER_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}\n")
+    return env
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -953,6 +1003,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     else:
         print("Kafka not running")
     path.unlink(missing_ok=True)
+    if state is not None and state.secure:
+        # The secured broker's CA key, certificates and users' passwords go with it.
+        shutil.rmtree(state.workdir, ignore_errors=True)
     if args.purge:
         data = path.parent / "data"
         shutil.rmtree(data, ignore_errors=True)
@@ -969,6 +1022,11 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start (or reuse) the broker; last line = bootstrap address")
     up.add_argument("--port", type=int, default=None, help="client port (default 9092 if free)")
     up.add_argument("--kafka-version", default=KAFKA_VERSION)
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="SASL_SSL + SCRAM users + ACLs (generated CA); prints the settings file to source",
+    )
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="is the broker running?")
     status.set_defaults(func=cmd_status)
