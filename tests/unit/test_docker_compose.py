@@ -110,3 +110,114 @@ def test_service_dockerfile_copies_paths_that_exist() -> None:
     ignore = (root / "deploy" / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
     for source in sources:
         assert f"!{source}" in ignore, f"{source} is excluded from the build context"
+
+
+# --- the `ops` profile: the service, Prometheus and Grafana ---------------------------------
+
+OPS_SERVICES = ("streamer-intent", "streamer-duplicate", "prometheus", "grafana")
+ROOT = COMPOSE.parent
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts: container path -> host path (relative to the compose file)."""
+    out = {}
+    for mount in service.get("volumes") or []:
+        source, target = str(mount).split(":")[:2]
+        if source.startswith("./"):
+            out[target] = source
+    return out
+
+
+def test_ops_profile_holds_the_service_prometheus_and_grafana(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in OPS_SERVICES:
+        assert services[name]["profiles"] == ["ops"], name
+    # A plain `docker compose up -d` still starts only the broker and its topics.
+    assert "profiles" not in services["kafka"] and "profiles" not in services["kafka-init"]
+
+
+def test_streamer_services_run_one_route_each_against_the_compose_broker(
+    compose: dict[str, Any],
+) -> None:
+    from streamer.config import Settings
+
+    settings = {f"STREAMER_{name.upper()}" for name in Settings.model_fields} | {"STREAMER_ROUTES"}
+    kafka_env = _env(compose["services"]["kafka"])
+    routes, groups = [], set()
+    for name in ("streamer-intent", "streamer-duplicate"):
+        service = compose["services"][name]
+        env = _env(service)
+        assert set(env) <= settings, name
+        assert env["STREAMER_BOOTSTRAP_SERVERS"] in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+        assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+        assert (ROOT / service["build"]["dockerfile"]).is_file()
+        assert service["build"]["context"] == "."
+        port = env["STREAMER_METRICS_PORT"]
+        assert env["STREAMER_METRICS_HOST"] == "0.0.0.0"
+        assert any(str(p).endswith(f":{port}") for p in service["ports"])
+        assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
+        grace = float(service["stop_grace_period"].rstrip("s"))
+        assert grace > float(env["STREAMER_DRAIN_TIMEOUT_S"])
+        routes.append(env["STREAMER_ROUTES"])
+        groups.add(env["STREAMER_GROUP_ID"])
+    assert sorted(routes) == ["duplicate", "intent"]
+    assert len(groups) == 2, "one consumer group per route"
+
+
+def test_bind_mounts_exist_and_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    for name in OPS_SERVICES:
+        service = compose["services"][name]
+        for source in _mounts(service).values():
+            assert (ROOT / source).exists(), f"{name}: {source}"
+        for mount in service.get("volumes") or []:
+            source = str(mount).split(":")[0]
+            if not source.startswith("./"):
+                assert source in (compose.get("volumes") or {}), source
+
+
+def test_prometheus_scrapes_both_services_and_loads_the_rules(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    config = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    assert mounts[config["rule_files"][0]] == "./deploy/prometheus/streamer.rules.yml"
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "streamer"  # the not-ready alert reads up{job="streamer"}
+    targets = {t for c in job["static_configs"] for t in c["targets"]}
+    expected = {
+        f"{name}:{_env(compose['services'][name])['STREAMER_METRICS_PORT']}"
+        for name in ("streamer-intent", "streamer-duplicate")
+    }
+    assert targets == expected
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_prometheus_compose_config_is_valid() -> None:
+    import subprocess
+
+    from tests.ops_tools import tool
+
+    config = ROOT / "deploy" / "prometheus" / "prometheus.compose.yml"
+    out = subprocess.run(
+        [str(tool("promtool")), "check", "config", "--syntax-only", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_grafana_gets_the_prometheus_source_and_the_dashboard(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = _mounts(grafana)
+    sources = yaml.safe_load(
+        (ROOT / mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text()
+    )
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090"
+    assert "9090:9090" in compose["services"]["prometheus"]["ports"]
+    providers = yaml.safe_load(
+        (ROOT / mounts["/etc/grafana/provisioning/dashboards"] / "streamer.yml").read_text()
+    )
+    (provider,) = providers["providers"]
+    dashboard = f"{provider['options']['path']}/streamer.json"
+    assert mounts[dashboard] == "./deploy/grafana/streamer.json"
+    assert _env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == dashboard
