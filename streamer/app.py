@@ -83,11 +83,11 @@ def worker_layout(
             raise StartupError(
                 f"{workers} workers but NEURON_RT_VISIBLE_CORES gives {len(visible)} NeuronCores"
             )
-        cores = visible or list(range(workers))
+        core_ids = visible or list(range(workers))
         return (
             workers,
             settings.threads_per_worker or 1,
-            lambda i: {"NEURON_RT_VISIBLE_CORES": str(cores[i])},
+            lambda i: {"NEURON_RT_VISIBLE_CORES": str(core_ids[i])},
         )
     raise StartupError(f"unknown artifact target {target!r}")
 
@@ -102,7 +102,9 @@ def neuron_cores(spec: str) -> list[int]:
         try:
             first, last = int(low), int(high or low)
         except ValueError:
-            raise StartupError(f"NEURON_RT_VISIBLE_CORES={spec!r}: expected ids or ranges") from None
+            raise StartupError(
+                f"NEURON_RT_VISIBLE_CORES={spec!r}: expected ids or ranges"
+            ) from None
         cores.extend(range(first, last + 1))
     return cores
 
