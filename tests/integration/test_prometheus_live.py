@@ -239,7 +239,7 @@ def draw_dashboard(prometheus: Prometheus, start: float, end: float, out: Path) 
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle("streamer dashboard queries on a live run (seconds since start)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
