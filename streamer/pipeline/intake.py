@@ -102,15 +102,20 @@ class KafkaIntake:
             self.apply_backpressure()
 
     def room(self) -> int:
-        """Records one fetch may take: never more than the tightest unpaused route has room for.
+        """Records one fetch may take: never more than the tightest route has room for.
 
         This makes the high watermark a hard bound on in-flight records, not a hint that one
-        large fetch could overshoot by max_poll_records.
+        large fetch could overshoot by max_poll_records. A paused route counts with the room it
+        will have when it resumes (high - low): completions resume it (`progress.on_done`)
+        while the fetch is in flight, and its partitions then deliver into this same fetch.
+        Leaving paused routes out let one route's records fill another route's room: intents
+        reached 200 in flight against a bound of 16 beside the pair route (found by
+        tests/integration/test_faults.py).
         """
         rooms = [
-            s.backpressure.high - s.backpressure.inflight
+            s.backpressure.high
+            - (s.backpressure.low if s.backpressure.paused else s.backpressure.inflight)
             for s in self.routes.values()
-            if not s.backpressure.paused
         ]
         room = min(rooms) if rooms else 1
         return max(1, min(self._max_poll_records, room))
