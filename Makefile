@@ -67,6 +67,18 @@ fmt: venv ## Format the code with ruff
 	$(VENV)/bin/ruff format streamer compile tests
 	$(VENV)/bin/ruff check --fix streamer compile tests
 
+.PHONY: soak
+soak: venv ## Soak (not in CI): SOAK_EVENTS (1,000,000) through both routes, tiny model; RSS slope, fds, /dev/shm (~35 min here)
+	STREAMER_SOAK_EVENTS=$(SOAK_EVENTS) $(PY) -m pytest tests/integration/test_soak.py -s -q $(PYTEST_ARGS)
+
+SOAK_EVENTS ?= 1000000
+
+.PHONY: fuzz
+fuzz: venv ## Coverage-guided fuzzing of the decoders (atheris): FUZZ_RUNS inputs (1,000,000); FUZZ_ARGS for libFuzzer
+	$(PY) -m tests.fuzz.fuzz_codec -runs=$(FUZZ_RUNS) $(FUZZ_ARGS)
+
+FUZZ_RUNS ?= 1000000
+
 .PHONY: kafka-up
 kafka-up: venv ## Start the local Apache Kafka (installs on first use); last line = bootstrap address; SECURE=1: SASL_SSL, SCRAM users, ACLs
 	@$(PY) -m streamer.kafka.local_broker up $(if $(SECURE),--secure)
