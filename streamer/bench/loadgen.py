@@ -148,7 +148,11 @@ async def run_load(
     from aiokafka import AIOKafkaProducer
 
     tag = run_tag or new_run_tag()
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_config())
+    from streamer.kafka.security import env_security_kwargs
+
+    prod = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **producer_config(), **env_security_kwargs()
+    )
     await prod.start()
     await prod.partitions_for(topic)  # fetch metadata now, not on the first scheduled send
     bad_seq = bad_record_plan(len(offsets), bad_fraction, seed) if bad_records else set()

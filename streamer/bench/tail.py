@@ -48,11 +48,14 @@ async def tail(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    from streamer.kafka.security import env_security_kwargs
+
     console = Console()
     consumer = AIOKafkaConsumer(
         args.topic,
         bootstrap_servers=args.bootstrap,
         enable_auto_commit=False,
+        **env_security_kwargs(),
         auto_offset_reset="earliest" if args.from_beginning else "latest",
         fetch_max_wait_ms=50,
     )

@@ -113,3 +113,16 @@ def security_kwargs(settings: Settings) -> dict[str, Any]:
         kwargs["sasl_mechanism"] = "OAUTHBEARER"
         kwargs["sasl_oauth_token_provider"] = MskIamTokenProvider(settings.aws_region)
     return kwargs
+
+
+def env_security_kwargs() -> dict[str, Any]:
+    """Security arguments from the STREAMER_* environment, for the command-line tools
+    (`streamer tail`, `streamer produce`); nothing when it asks for no security (PLAINTEXT), so
+    benchmark runs stay as they were. `source` the file `make kafka-up SECURE=1` prints."""
+    import os
+
+    if os.environ.get("STREAMER_SECURITY_PROTOCOL", "PLAINTEXT").upper() == "PLAINTEXT":
+        return {}
+    from streamer.config import load_settings
+
+    return security_kwargs(load_settings())

@@ -158,3 +158,22 @@ def test_redact_and_tls_reasons() -> None:
     assert "renew" in tls_reason("certificate has expired", "h")
     assert "ssl_cafile" in tls_reason("unable to get local issuer certificate", "h")
     assert "ssl_check_hostname" in tls_reason("Hostname mismatch, certificate is not valid", "h")
+
+
+def test_tools_take_security_from_the_environment(monkeypatch, pki) -> None:
+    from streamer.kafka.security import env_security_kwargs
+
+    monkeypatch.delenv("STREAMER_SECURITY_PROTOCOL", raising=False)
+    assert env_security_kwargs() == {}
+    for key, value in {
+        "STREAMER_SECURITY_PROTOCOL": "SASL_SSL",
+        "STREAMER_SASL_MECHANISM": "SCRAM-SHA-512",
+        "STREAMER_SASL_USERNAME": "reader",
+        "STREAMER_SASL_PASSWORD": SECRET,
+        "STREAMER_SSL_CAFILE": str(pki["ca"]),
+    }.items():
+        monkeypatch.setenv(key, value)
+    kwargs = env_security_kwargs()
+    assert kwargs["sasl_plain_username"] == "reader" and isinstance(
+        kwargs["ssl_context"], ssl.SSLContext
+    )
