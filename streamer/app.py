@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from streamer import logs
 from streamer.config import Route, Settings, load_settings
 from streamer.kafka.security import SecurityConfigError
+from streamer.model.artifact import ModelMeta
 from streamer.model.buckets import Buckets, choose_batch
 from streamer.model.tasks import Task
 from streamer.pipeline.backpressure import Backpressure
@@ -115,11 +116,27 @@ def build_service(settings: Settings) -> Service:
     from streamer.kafka.clients import make_admin, make_consumer, make_lag_probe, make_producer
     from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
-    from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
 
     artifact = resolve_artifact(settings.artifact)
     model = served_meta(artifact, variant=settings.variant)
-    handlers = make_routes(settings, model, Encoder.from_artifact(artifact))
+    return assemble(
+        settings.model_copy(update=target_rates(model.target, settings)),
+        make_routes(settings, model, Encoder.from_artifact(artifact)),
+        build_executor(settings, artifact, model),
+        batch_policies(model.target, settings, model.buckets),
+        producer=make_producer(settings),
+        consumer=make_consumer(settings),
+        access=BrokerAccess(settings),
+        lag_clients=(make_admin(settings), make_lag_probe(settings))
+        if settings.group_lag_interval_s
+        else None,
+    )
+
+
+def build_executor(settings: Settings, artifact: Path, model: ModelMeta) -> Executor:
+    """The workers for the artifact's target (or the in-process runner when asked for)."""
+    from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
+
     workers, threads, env = worker_layout(model.target, settings)
     spec = RunnerSpec(
         "streamer.model.runner:load_runner",
@@ -130,32 +147,18 @@ def build_service(settings: Settings) -> Service:
             "threads": threads,
         },
     )
-    executor: Executor
     if settings.executor == "inprocess":
-        executor = InProcessExecutor(spec)
-    else:
-        executor = MultiprocExecutor(
-            spec,
-            workers=workers,
-            threads_per_worker=threads,
-            slots_per_worker=settings.slots_per_worker,
-            max_batch=max(b.max_batch for b in model.buckets.values()),
-            max_seq_len=max(b.max_seq_len for b in model.buckets.values()),
-            max_outputs=max(len(model.labels), 1),
-            heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
-            env_per_worker=env,
-        )
-    return assemble(
-        settings.model_copy(update=target_rates(model.target, settings)),
-        handlers,
-        executor,
-        batch_policies(model.target, settings, model.buckets),
-        producer=make_producer(settings),
-        consumer=make_consumer(settings),
-        access=BrokerAccess(settings),
-        lag_clients=(make_admin(settings), make_lag_probe(settings))
-        if settings.group_lag_interval_s
-        else None,
+        return InProcessExecutor(spec)
+    return MultiprocExecutor(
+        spec,
+        workers=workers,
+        threads_per_worker=threads,
+        slots_per_worker=settings.slots_per_worker,
+        max_batch=max(b.max_batch for b in model.buckets.values()),
+        max_seq_len=max(b.max_seq_len for b in model.buckets.values()),
+        max_outputs=max(len(model.labels), 1),
+        heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
+        env_per_worker=env,
     )
 
 

@@ -14,6 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamer.app", "serve query intents and product-duplicate scores, Kafka to Kafka"),
     "demo": ("streamer.demo", "the whole job on this machine for ~30 s, with a summary"),
+    "replay": (
+        "streamer.replay.command",
+        "re-score a time or offset range of the input topics (backfills), resumable",
+    ),
     "topics": ("streamer.kafka.topics_cli", "create or describe the service's topics"),
     "produce": ("streamer.bench.produce", "offer real events at a fixed rate (open loop)"),
     "tail": ("streamer.bench.tail", "print a result topic's records as they arrive"),

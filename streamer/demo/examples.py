@@ -32,17 +32,15 @@ async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
     """Every record value of a topic up to its current end (no consumer group, nothing committed)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from streamer.kafka.topics import describe_topics
+
+    info = (await describe_topics(bootstrap, [topic]))[topic]
+    partitions = [TopicPartition(topic, p) for p in sorted(info.leaders)]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
     )
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
-            ]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)

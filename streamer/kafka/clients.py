@@ -11,6 +11,11 @@ from streamer.config import Settings
 from streamer.kafka.security import security_kwargs
 
 
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection and security arguments every aiokafka client of the service takes."""
+    return _common(settings)
+
+
 def _common(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap_servers": settings.bootstrap_servers,
@@ -30,13 +35,14 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: Settings) -> AIOKafkaConsumer:
+def make_consumer(settings: Settings, *, group_id: str | None = "") -> AIOKafkaConsumer:
     """Manual commits (the publisher commits acknowledged prefixes); a short fetch wait.
 
     read_committed: a transactional upstream's aborted records never reach the model.
+    `group_id` overrides the settings' group (None: no group, partitions assigned by hand).
     """
     return AIOKafkaConsumer(
-        group_id=settings.group_id,
+        group_id=settings.group_id if group_id == "" else group_id,
         group_instance_id=settings.group_instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

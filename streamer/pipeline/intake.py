@@ -35,7 +35,9 @@ class ConsumerLike(Protocol):
     """What the intake needs of aiokafka's AIOKafkaConsumer."""
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None: ...
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> Any: ...
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Any: ...
     def assignment(self) -> set[Any]: ...
     def pause(self, *partitions: Any) -> None: ...
     def resume(self, *partitions: Any) -> None: ...
@@ -75,6 +77,9 @@ class KafkaIntake:
     def topics(self) -> list[str]:
         """The source topics this intake reads."""
         return sorted(self._by_topic)
+
+    async def prepare(self) -> None:
+        """Anything to do once workers and clients are up, before reading (live: nothing)."""
 
     def subscribe(self) -> None:
         """Join the consumer group on the source topics, with this intake's rebalance hooks."""
@@ -225,8 +230,10 @@ class KafkaIntake:
                 if high is None:
                     continue
                 try:
-                    position = await self._consumer.position(tp)
-                except KafkaError:
+                    # Bounded: aiokafka waits for the position of a partition revoked meanwhile
+                    # without end (seen in the replay's rebalance tests).
+                    position = await asyncio.wait_for(self._consumer.position(tp), timeout=1.0)
+                except (TimeoutError, KafkaError):
                     continue
                 self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, high - position)

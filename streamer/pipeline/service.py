@@ -196,6 +196,12 @@ class Service:
         except StartupError:
             await self.executor.close()
             raise
+        try:
+            await self.intake.prepare()
+        except BaseException:
+            await self.clients.stop()
+            await self.executor.close()
+            raise
         self.intake.subscribe()
         if self._make_health is not None:
             self._health = self._make_health(self.is_ready)

@@ -4,7 +4,7 @@ Every import counts, function-local ones too (a local import that only breaks a 
 one). Layers, lowest first; a module may import its own layer and the ones below:
 
     errors, config, logs  <  records, model  <  training, kafka  <  pipeline  <  app
-    <  demo, bench, cli
+    <  demo, replay, bench, cli
 
 and `compile/` consumes `streamer.model`, never the other way round.
 """
@@ -28,6 +28,7 @@ LAYER = {
     "streamer.pipeline": 3,
     "streamer.app": 4,
     "streamer.demo": 5,
+    "streamer.replay": 5,
     "streamer.bench": 5,
     "streamer.cli": 5,
     "streamer.__main__": 5,
