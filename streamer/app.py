@@ -72,6 +72,9 @@ def worker_layout(
             settings.threads_per_worker or 2,
             lambda i: {"CUDA_VISIBLE_DEVICES": str(i)},
         )
+    if target.startswith("emulated-"):
+        # One worker per emulated device; it sleeps, so one thread is plenty.
+        return settings.workers or 1, settings.threads_per_worker or 1, None
     if target in ("neuron", "neuronx"):
         # One model copy per NeuronCore, as in the Amazon Search deployment. Where the process
         # was handed a set of cores (Kubernetes' Neuron device plugin sets
@@ -114,11 +117,10 @@ def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
     from streamer.kafka.access import BrokerAccess
     from streamer.kafka.clients import make_admin, make_consumer, make_lag_probe, make_producer
-    from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
 
     artifact = resolve_artifact(settings.artifact)
-    model = served_meta(artifact, variant=settings.variant)
+    model = served_model(settings, artifact)
     return assemble(
         settings.model_copy(update=target_rates(model.target, settings)),
         make_routes(settings, model, Encoder.from_artifact(artifact)),
@@ -133,20 +135,37 @@ def build_service(settings: Settings) -> Service:
     )
 
 
+def served_model(settings: Settings, artifact: Path) -> ModelMeta:
+    """What will serve: the artifact's variant, or the emulated device when asked for."""
+    from streamer.model.manifest import served_meta
+
+    if settings.emulate:
+        from streamer.model.backend_emulated import emulated_meta
+
+        return emulated_meta(artifact, settings.emulate)
+    return served_meta(artifact, variant=settings.variant)
+
+
 def build_executor(settings: Settings, artifact: Path, model: ModelMeta) -> Executor:
     """The workers for the artifact's target (or the in-process runner when asked for)."""
     from streamer.pipeline.executor import InProcessExecutor, MultiprocExecutor, RunnerSpec
 
     workers, threads, env = worker_layout(model.target, settings)
-    spec = RunnerSpec(
-        "streamer.model.runner:load_runner",
-        {
-            "artifact_dir": str(artifact),
-            "force": settings.force_artifact,
-            "variant": settings.variant,
-            "threads": threads,
-        },
-    )
+    if settings.emulate:
+        spec = RunnerSpec(
+            "streamer.model.backend_emulated:load_emulated_runner",
+            {"artifact_dir": str(artifact), "profile": settings.emulate},
+        )
+    else:
+        spec = RunnerSpec(
+            "streamer.model.runner:load_runner",
+            {
+                "artifact_dir": str(artifact),
+                "force": settings.force_artifact,
+                "variant": settings.variant,
+                "threads": threads,
+            },
+        )
     if settings.executor == "inprocess":
         return InProcessExecutor(spec)
     return MultiprocExecutor(

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     variant: str | None = Field(
         None, description="Artifact variant (cpu: 'int8' or 'fp32'); default: the manifest's."
     )
+    emulate: Literal["h200", "inf2"] | None = Field(
+        None,
+        description="Serve through an EMULATED accelerator instead of the model: each batch "
+        "waits the device's measured latency for its shape (no CPU) and answers a "
+        "deterministic function of its tokens. For measuring the host path; labelled as "
+        "emulation everywhere.",
+    )
 
     # --- Latency budget, batching and backpressure ---------------------------------------
     p99_target_ms: float = Field(10.0, gt=0, le=60_000, description="End-to-end P99 target.")

@@ -74,6 +74,8 @@ class Publisher:
         """Send one batch's results, wait for every ack, then mark their offsets done."""
         model = state.handler.model
         headers = [("model", model.name.encode()), ("model_version", model.version.encode())]
+        if model.variant == "emulated":  # never mistaken for a model's answer downstream
+            headers.append(("device", model.target.encode()))
         t0 = time.monotonic()
         extra = self._extra_headers
         records = [

@@ -217,15 +217,14 @@ async def run_replay(
     on_progress: Any = None,
 ) -> Outcome:
     """Run the planned ranges through the service's parts until done (or a signal)."""
-    from streamer.app import assemble, batch_policies, build_executor, target_rates
+    from streamer.app import assemble, batch_policies, build_executor, served_model, target_rates
     from streamer.kafka.access import BrokerAccess
     from streamer.kafka.clients import make_consumer, make_producer
-    from streamer.model.manifest import served_meta
     from streamer.model.tokenize import Encoder
     from streamer.pipeline.routes import make_routes
     from streamer.replay.source import BoundedIntake
 
-    model = served_meta(artifact, variant=settings.variant)
+    model = served_model(settings, artifact)
     settings = replay_settings(settings, request, model.target)
     settings = settings.model_copy(update=target_rates(model.target, settings))
     checkpoint = planned.checkpoint

@@ -207,3 +207,29 @@ def with_signal(pid: int, sig: int) -> None:
 
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+async def test_an_emulated_device_serves_labelled_results(kafka_bootstrap, service_factory):
+    """STREAMER_EMULATE: the same pipeline, no model; every result says it was emulated."""
+    from aiokafka import AIOKafkaConsumer
+
+    topics = await create_topics(kafka_bootstrap, partitions=2)
+    svc = service_factory(topics, name="emulated", extra_env={"STREAMER_EMULATE": "h200"})
+    records = [
+        (f"e{i}".encode(), query_event(f"e{i}", QUERIES[i % len(QUERIES)])) for i in range(40)
+    ]
+    await produce(kafka_bootstrap, topics.queries, records)
+    seen = await collect(kafka_bootstrap, topics.intents, {k.decode() for k, _ in records}, 60)
+    assert set(seen) == {k.decode() for k, _ in records}
+    consumer = AIOKafkaConsumer(
+        topics.intents, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=5000, max_records=5)
+        headers = [dict(m.headers) for ms in batch.values() for m in ms]
+    finally:
+        await consumer.stop()
+    assert headers and all(h["device"] == b"emulated-h200" for h in headers)
+    _, metrics = svc.http("/metrics")
+    assert 'target="emulated-h200"' in metrics and 'variant="emulated"' in metrics
