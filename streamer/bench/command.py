@@ -37,7 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `streamer bench`."""
     parser.add_argument("--quick", action="store_true", help="short steps; under 10 minutes")
     parser.add_argument(
-        "--profile", choices=["quick", "full", "gpu"], help="preset (--quick = quick)"
+        "--emulate",
+        choices=["h200", "inf2"],
+        help="every contender serves through this EMULATED accelerator (the host path alone)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=["quick", "full", "emulated", "gpu"],
+        help="preset (--quick = quick; emulated = the host path on an EMULATED H200)",
     )
     parser.add_argument(
         "--artifact", type=Path, help="model to serve (default: the shipped one, compiled for cpu)"
@@ -91,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"step_s": args.step_s} if args.step_s else {}
     if args.routes:
         overrides["routes"] = tuple(p for p in args.routes.split(",") if p)
+    if args.emulate:
+        overrides["emulate"] = args.emulate
     profile = args.profile or ("quick" if args.quick else "full")
     cfg = BenchConfig.preset(
         profile,

@@ -40,6 +40,7 @@ class KneeSearch:
         max_rate: float = 1_000_000.0,
         refine_steps: int = 0,
         max_steps: int = 12,
+        patience: int = 0,
     ) -> None:
         if not targets_ms or start_rate <= 0 or growth <= 1.0:
             raise ValueError("need targets, a positive start rate and growth > 1")
@@ -49,6 +50,7 @@ class KneeSearch:
         self.max_rate = max_rate
         self.refine_steps = refine_steps
         self.max_steps = max_steps
+        self.patience = patience  # failing ramp steps tolerated (a noisy shared machine)
         self.outcomes: list[StepOutcome] = []
         self._ramping = True
         self._refined = 0
@@ -63,7 +65,12 @@ class KneeSearch:
         if self._ramping:
             loosest = self.targets_ms[-1]
             nxt = last.offered_rate * self.growth
-            if last.meets(loosest) and not last.generator_behind and nxt <= self.max_rate:
+            failed = 0
+            for o in reversed(self.outcomes):  # consecutive failures at the top of the ramp
+                if o.meets(loosest):
+                    break
+                failed += 1
+            if failed <= self.patience and not last.generator_behind and nxt <= self.max_rate:
                 return nxt
             self._ramping = False
         return self._refine_rate()

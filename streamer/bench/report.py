@@ -37,6 +37,36 @@ def best_step(run: dict[str, Any], target_ms: float) -> dict[str, Any] | None:
     return None
 
 
+def _passthrough_shares(results: dict[str, Any]) -> list[str]:
+    """Each contender's max sustained rate as a share of passthrough's (the client's limit)."""
+    ok = [r for r in results["runs"] if r["status"] == "ok" and r["contender"] != "model-only"]
+    limit = {
+        (r["route"], t): (r.get("max_sustained") or {}).get(str(t))
+        for r in ok
+        if r["contender"] == "passthrough"
+        for t in r["targets_ms"]
+    }
+    if not any(limit.values()):
+        return []
+    lines = [
+        "",
+        "Max sustained rate as a share of passthrough (consume -> same-sized result -> commit, "
+        "nothing else: the Kafka client's limit on this machine):",
+        "",
+        "| contender | route | P99 target | max sustained (/s) | share of passthrough |",
+        "|---|---|---|---|---|",
+    ]
+    for run in ok:
+        for target in run["targets_ms"]:
+            rate = (run.get("max_sustained") or {}).get(str(target))
+            base = limit.get((run["route"], target))
+            share = f"{rate / base:.0%}" if rate and base else "—"
+            lines.append(
+                f"| {run['contender']} | {run['route']} | {target:g} ms | {_fmt(rate)} | {share} |"
+            )
+    return lines
+
+
 def _ceiling_fractions(
     results: dict[str, Any], mixes: list[tuple[str, dict[str, Any]]]
 ) -> list[str]:
@@ -68,9 +98,21 @@ def _ceiling_fractions(
 def markdown(results: dict[str, Any]) -> str:
     """The summary table: max sustained rate per target, and the latency/CPU at that rate."""
     meta = results["meta"]
+    emulated = meta.get("emulated_device")
     lines = [
-        f"# Benchmark {meta['date_utc']}",
+        f"# Benchmark {meta['date_utc']}"
+        + (f" (EMULATED {emulated} device: no model ran)" if emulated else ""),
         "",
+        *(
+            [
+                f"**Every contender served through the EMULATED {emulated} accelerator**: each "
+                "batch slept the device's latency for its shape and answered a deterministic "
+                "function of its tokens. These figures measure the host path, not a model.",
+                "",
+            ]
+            if emulated
+            else []
+        ),
         f"- command: `{meta['command']}`",
         f"- git commit: `{meta['git_commit']}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
         f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
@@ -108,6 +150,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(b['max_ms'], 2)} | {_fmt(o['p99_ms'], 2)} | {_count(step['sink']['unique'])} | "
                 f"{_fmt(step['cpu_s_per_1k'], 2)} | {_fmt(step['broker_cpu_s_per_1k'], 2)} |"
             )
+    lines += _passthrough_shares(results)
     model_rows = [
         r for r in results["runs"] if r["contender"] == "model-only" and r["status"] == "ok"
     ]

@@ -78,3 +78,20 @@ def test_limits_are_respected() -> None:
     assert len(run(s, lambda r: 1.0)) == 3
     with pytest.raises(ValueError):
         KneeSearch((), start_rate=1)
+
+
+def test_patience_keeps_ramping_past_one_noisy_step() -> None:
+    from streamer.bench.knee import KneeSearch, StepOutcome
+
+    strict = KneeSearch((50.0,), 100.0, 2.0)
+    patient = KneeSearch((50.0,), 100.0, 2.0, patience=1)
+    for search in (strict, patient):
+        search.record(StepOutcome(100.0, 5.0, 0))
+        search.record(StepOutcome(200.0, 80.0, 0))  # one noisy step
+    assert strict.next_rate() is None
+    assert patient.next_rate() == 400.0
+    patient.record(StepOutcome(400.0, 10.0, 0))
+    assert patient.max_sustained(50.0) == 100.0  # a rate counts only if no lower one failed
+    patient.record(StepOutcome(800.0, 90.0, 0))
+    patient.record(StepOutcome(1600.0, 95.0, 0))  # two in a row: the ramp ends
+    assert patient.next_rate() is None

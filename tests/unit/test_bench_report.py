@@ -194,3 +194,30 @@ def test_an_interrupted_run_leaves_no_contender_behind() -> None:
     assert harness.kill_live_contenders(grace_s=2.0) == [proc.pid]
     assert proc.wait(timeout=5) is not None
     assert not harness._LIVE_GROUPS
+
+
+def test_an_emulated_run_says_so_and_shares_of_passthrough_are_reported() -> None:
+    res = results()
+    res["meta"]["emulated_device"] = "h200"
+    res["runs"].append(
+        {"contender": "passthrough", "route": "intent", "status": "ok", "targets_ms": [10.0, 50.0],
+         "steps": [step(400, 5.0), step(800, 9.0)], "max_sustained": {"10.0": 800, "50.0": 800}}
+    )  # fmt: skip
+    md = markdown(res)
+    assert md.splitlines()[0].endswith("(EMULATED h200 device: no model ran)")
+    assert "EMULATED h200 accelerator" in md
+    assert "| naive | intent | 10 ms | 100 | 12% |" in md
+    assert "| passthrough | intent | 50 ms | 800 | 100% |" in md
+    assert "EMULATED" not in markdown(results())
+
+
+def test_emulation_reaches_every_contender(tmp_path: Path) -> None:
+    cfg = BenchConfig.preset("emulated", tmp_path, tmp_path)
+    assert cfg.emulate == "h200" and cfg.patience == 1
+    topics = Topics.fresh("r", "naive", "intent")
+    argv, _, _ = contender_command("naive", cfg, "127.0.0.1:9", "intent", topics, "g")
+    assert argv[-2:] == ["--emulate", "h200"]
+    _, env, _ = contender_command("streamer", cfg, "127.0.0.1:9", "intent", topics, "g")
+    assert env["STREAMER_EMULATE"] == "h200"
+    argv, _, _ = contender_command("passthrough", cfg, "127.0.0.1:9", "intent", topics, "g")
+    assert "streamer.bench.contenders.passthrough" in argv

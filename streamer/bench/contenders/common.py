@@ -21,6 +21,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="model threads (default: runner's)")
     p.add_argument("--max-batch", type=int, default=64, help="batching contenders only")
     p.add_argument("--linger-ms", type=float, default=5.0, help="batching contenders only")
+    p.add_argument(
+        "--emulate", choices=["h200", "inf2"], default=None,
+        help="serve through the EMULATED accelerator instead of the model (host path only)",
+    )  # fmt: skip
     return p
 
 

@@ -35,9 +35,15 @@ class ModelJob:
 
     @classmethod
     def load(
-        cls, artifact: str | Path, route: str, threads: int | None = None, force: bool = False
+        cls,
+        artifact: str | Path,
+        route: str,
+        threads: int | None = None,
+        force: bool = False,
+        emulate: str | None = None,
     ) -> ModelJob:
-        """Load the artifact's model, tokenizer and buckets for `route`; `force` skips parity."""
+        """Load the artifact's model, tokenizer and buckets for `route`; `force` skips parity;
+        `emulate` serves the EMULATED device instead of the model (as the service does)."""
         from streamer.config import load_settings
         from streamer.model.manifest import served_meta
         from streamer.model.runner import load_runner
@@ -46,6 +52,13 @@ class ModelJob:
         from streamer.pipeline.routes import make_routes
 
         artifact = Path(artifact)
+        if emulate:
+            from streamer.model.backend_emulated import load_emulated_runner
+
+            emulated = load_emulated_runner(artifact, emulate)
+            settings = load_settings(routes=route, artifact=str(artifact))
+            (handler,) = make_routes(settings, emulated.model, Encoder.from_artifact(artifact))
+            return cls(handler, emulated, emulated.model.buckets[Task[route.upper()]])
         model = served_meta(artifact)
         settings = load_settings(routes=route, artifact=str(artifact))
         (handler,) = make_routes(settings, model, Encoder.from_artifact(artifact))

@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iters", type=int, default=2000)
     p.add_argument("--mix-threads", default="", help="comma list of thread counts for mix rows")
     p.add_argument("--mix-events", type=int, default=256, help="events in the mix")
+    p.add_argument("--emulate", choices=["h200", "inf2"], default=None, help="EMULATED device")
     a = p.parse_args(argv)
-    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact)
+    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact, a.emulate)
     sizes = [int(x) for x in a.batch_sizes.split(",") if x] or list(job.buckets.batch_sizes)
     rows = token_rows(job, a.route, max(sizes))
     for seq in job.buckets.seq_lens:
@@ -145,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if mix_threads:
         from streamer.model.manifest import read_manifest
 
-        target = read_manifest(a.artifact)["target"]
+        target = f"emulated-{a.emulate}" if a.emulate else read_manifest(a.artifact)["target"]
         shaped = mix_batches(job, a.route, target, a.mix_events)
     for threads in mix_threads:
-        mix_job = ModelJob.load(a.artifact, a.route, threads, a.force_artifact)
+        mix_job = ModelJob.load(a.artifact, a.route, threads, a.force_artifact, a.emulate)
         result = measure_mix(mix_job, shaped, a.mix_events, a.budget_s * 4)
         line = {"route": a.route, "kind": "mix", "threads": threads, **result}
         sys.stdout.write(orjson.dumps(line).decode() + "\n")

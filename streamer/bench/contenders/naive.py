@@ -21,7 +21,7 @@ async def serve(a: argparse.Namespace) -> int:
     """Consume, process, produce and commit one record at a time until SIGTERM."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact)
+    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact, a.emulate)
     job.warm_up(warmup_record(a.route))
     consumer = AIOKafkaConsumer(
         a.in_topic,

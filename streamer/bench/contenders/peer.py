@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     a = parser(__doc__ or "").parse_args(argv)
     _patch_fetch_wait()
-    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact)
+    job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact, a.emulate)
     job.warm_up(warmup_record(a.route))
     app = build_app(a, job)
     worker = faust.Worker(app, loglevel=logging.WARNING, quiet=True, redirect_stdouts=False)
