@@ -35,17 +35,24 @@ from streamer.bench.stages import ready
 
 # First match from the innermost frame outwards decides a sample's stage.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
-    ("model (ONNX Runtime / torch)", re.compile(r"onnxruntime|/torch/|runner\.py")),
+    ("model / device", re.compile(r"onnxruntime|/torch/|runner\.py|backend_emulated\.py")),
     ("shared-memory hop", re.compile(r"shm_ring\.py|executor\.py|worker\.py|supervisor\.py")),
     ("tokenize", re.compile(r"tokenizers|tokenize\.py|serialize\.py")),
-    ("decode / encode records", re.compile(r"codec\.py|orjson|routes\.py")),
-    ("Kafka client (aiokafka)", re.compile(r"aiokafka|kafka/")),
+    ("decode records", re.compile(r"decode_query|decode_pair|\bdecode \(.*routes\.py")),
+    ("encode results", re.compile(r"encode_\w+ \(|results \(.*routes\.py|DeadLetter")),
+    ("Kafka fetch + record parsing", re.compile(r"aiokafka/consumer/fetcher|aiokafka/record/")),
+    ("Kafka produce", re.compile(r"aiokafka/producer/")),
+    ("Kafka commit + group", re.compile(r"group_coordinator|\bcommit \(")),
+    ("Kafka client (connection, protocol)", re.compile(r"aiokafka|kafka/")),
     ("metrics", re.compile(r"prometheus_client|metrics\.py|http\.py")),
     (
         "batching, offsets, backpressure",
-        re.compile(r"batcher\.py|linger\.py|offsets\.py|backpressure\.py"),
+        re.compile(r"batcher\.py|linger\.py|offsets\.py|backpressure\.py|state\.py"),
     ),
-    ("service loop (other service code)", re.compile(r"streamer/pipeline/service\.py")),
+    (
+        "pipeline parts (intake, batch runner, publisher, lifecycle)",
+        re.compile(r"streamer/pipeline/(intake|batch_runner|publisher|service)\.py"),
+    ),
 ]
 # Only when no frame names a stage: asyncio frames sit under most stacks (aiokafka's socket
 # writes end in asyncio's StreamWriter), so they would otherwise swallow the real caller.
@@ -61,6 +68,7 @@ def find_py_spy(given: str | None) -> str | None:
         os.environ.get("PY_SPY"),
         shutil.which("py-spy"),
         str(Path.home() / ".cache/streamer/tools/bin/py-spy"),
+        str(Path.home() / ".cache/streamer/tools/pyspy/bin/py-spy"),
     ):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="length of the offered load")
     p.add_argument("--sample-rate", type=int, default=100, help="py-spy samples/s")
     p.add_argument("--py-spy", help="py-spy executable")
-    p.add_argument("--artifact", help="compiled artifact (default: newest *-cpu)")
+    p.add_argument("--artifact", help="model to serve (default: the shipped one)")
+    p.add_argument("--emulate", choices=["h200", "inf2"], help="serve on the EMULATED device")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
     py_spy = find_py_spy(a.py_spy)
@@ -156,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             HF_HUB_OFFLINE="1",
             TOKENIZERS_PARALLELISM="false",
         )
+        if a.emulate:
+            env["STREAMER_EMULATE"] = a.emulate
         py = sys.executable
         subprocess.run([py, "-m", "streamer", "topics", "create"], env=env, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
@@ -206,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     per_role = fold(stacks.read_text().splitlines())
     title = (
         f"CPU profile: {a.route} route at {a.rate:g}/s offered for {a.seconds:g} s "
-        f"({Path(artifact).name}, py-spy {a.sample_rate} Hz, idle samples dropped)"
+        f"({Path(artifact).name}"
+        + (f", EMULATED {a.emulate} device" if a.emulate else "")
+        + f", py-spy {a.sample_rate} Hz, idle samples dropped)"
     )
     text = summary(per_role, title, a.sample_rate, a.seconds)
     (out / "summary.md").write_text(text)

@@ -15,7 +15,24 @@ def test_innermost_named_frame_decides_and_asyncio_is_the_fallback() -> None:
         "AIOKafkaClient.send (aiokafka/client.py:500)",
         "StreamWriter.write (asyncio/streams.py:300)",
     ]
-    assert stage_of(send) == "Kafka client (aiokafka)"
+    assert stage_of(send) == "Kafka client (connection, protocol)"
+    produce = ["Publisher.send_until_acked (streamer/pipeline/publisher.py:90)",
+               "AIOKafkaProducer.send (aiokafka/producer/producer.py:400)"]  # fmt: skip
+    assert stage_of(produce) == "Kafka produce"
+    parse = ["KafkaIntake.fetch_loop (streamer/pipeline/intake.py:90)",
+             "getmany (aiokafka/consumer/consumer.py:1200)",
+             "_unpack (aiokafka/record/default_records.py:80)"]  # fmt: skip
+    assert stage_of(parse) == "Kafka fetch + record parsing"
+    decode = ["KafkaIntake.ingest (streamer/pipeline/intake.py:130)",
+              "IntentRoute.decode (streamer/pipeline/routes.py:120)",
+              "decode_query (streamer/records/codec.py:200)"]  # fmt: skip
+    assert stage_of(decode) == "decode records"
+    encode = ["IntentRoute.results (streamer/pipeline/routes.py:130)",
+              "encode_intent_result (streamer/records/codec.py:400)"]  # fmt: skip
+    assert stage_of(encode) == "encode results"
+    assert stage_of(["EmulatedRunner.run (streamer/model/backend_emulated.py:120)"]) == (
+        "model / device"
+    )
     tok = ["Service._ingest (streamer/pipeline/service.py:380)",
            "encode_queries (streamer/model/tokenize.py:90)"]  # fmt: skip
     assert stage_of(tok) == "tokenize"
@@ -35,8 +52,8 @@ def test_fold_splits_service_and_worker_by_the_innermost_process_frame() -> None
         "not a stack line",
     ]
     per_role = fold(lines)
-    assert per_role["service"] == {"Kafka client (aiokafka)": 7}
-    assert per_role["worker"] == {"model (ONNX Runtime / torch)": 30, "shared-memory hop": 3}
+    assert per_role["service"] == {"Kafka client (connection, protocol)": 7}
+    assert per_role["worker"] == {"model / device": 30, "shared-memory hop": 3}
     text = summary(per_role, "t", rate_hz=10, seconds=3.0)
     assert "## worker process: 3.3 busy CPU s sampled over 3 s (110% of one core)" in text
-    assert "| model (ONNX Runtime / torch) | 3.00 | 91% |" in text
+    assert "| model / device | 3.00 | 91% |" in text
