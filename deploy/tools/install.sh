@@ -25,11 +25,18 @@ need_go() {
 }
 
 # --- helm ------------------------------------------------------------------------------------
-helm_bin="$OPS/helm-$HELM_VERSION/helm"
+# The version stamps helm's own Makefile sets: its version, and the Kubernetes version it
+# assumes without --kube-version (that of the client-go it is built with: v0.37 -> 1.37).
+HELM_K8S_MINOR="${HELM_K8S_MINOR:-37}"
+helm_bin="$OPS/helm-$HELM_VERSION-k8s1.$HELM_K8S_MINOR/helm"
 if [ ! -x "$helm_bin" ]; then
     need_go helm
     echo "building helm $HELM_VERSION from the Go module proxy (a few minutes, once)" >&2
-    GOBIN="$OPS/helm-$HELM_VERSION" go install -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    x="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    for pkg in pkg/chartutil pkg/lint/rules; do
+        x="$x -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+    done
+    GOBIN="$(dirname "$helm_bin")" go install -ldflags="-s -w $x" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 ln -sf "$helm_bin" "$OPS/bin/helm"
 echo "helm: $("$OPS/bin/helm" version --short)"
