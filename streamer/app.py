@@ -116,7 +116,13 @@ def neuron_cores(spec: str) -> list[int]:
 def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
     from streamer.kafka.access import BrokerAccess
-    from streamer.kafka.clients import make_admin, make_consumer, make_lag_probe, make_producer
+    from streamer.kafka.clients import (
+        make_admin,
+        make_consumer,
+        make_lag_probe,
+        make_producer,
+        make_transactional_producer,
+    )
     from streamer.model.tokenize import Encoder
 
     artifact = resolve_artifact(settings.artifact)
@@ -128,6 +134,11 @@ def build_service(settings: Settings) -> Service:
         batch_policies(model.target, settings, model.buckets),
         producer=make_producer(settings),
         consumer=make_consumer(settings),
+        transactional_producers=(
+            (lambda tid: make_transactional_producer(settings, tid))
+            if settings.delivery == "exactly-once"
+            else None
+        ),
         access=BrokerAccess(settings),
         lag_clients=(make_admin(settings), make_lag_probe(settings))
         if settings.group_lag_interval_s
@@ -178,6 +189,7 @@ def build_executor(settings: Settings, artifact: Path, model: ModelMeta) -> Exec
         max_outputs=max(len(model.labels), 1),
         heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
         env_per_worker=env,
+        reserve_intent_slot=len(settings.routes) > 1,
     )
 
 
@@ -225,6 +237,7 @@ def assemble(
     extra_headers: HeaderFn | None = None,
     lag_clients: tuple[Any, Any] | None = None,
     access: Any = None,
+    transactional_producers: Callable[[str], Any] | None = None,
 ) -> Service:
     """Wire the parts around the given clients and executor (tests pass their own).
 
@@ -233,6 +246,8 @@ def assemble(
     `lag_clients` (admin, probe consumer) feed the group's committed-offset and time lag.
     `access` (`streamer.kafka.access.BrokerAccess`) explains connection failures, checks the
     topics' ACLs at start-up and tells readiness whether the broker answers.
+    `transactional_producers` (transactional id -> producer) serves exactly-once delivery:
+    one producer per input partition (`streamer.pipeline.exactly_once`).
     """
     from streamer.pipeline.batch_runner import BatchRunner
     from streamer.pipeline.metrics import HealthServer, Metrics
@@ -244,10 +259,28 @@ def assemble(
     flags = StopFlags()
     progress = Progress()
     routes = route_states(settings, handlers, policies, executor.capacity)
-    publisher = Publisher(
-        producer, progress, metrics, flags, dlq_topic=settings.topic_dlq,
-        commit=commit or consumer.commit, extra_headers=extra_headers,
-    )  # fmt: skip
+    publisher: Publisher
+    eos = None
+    commit_interval_s = settings.commit_interval_ms / 1000.0
+    if settings.delivery == "exactly-once":
+        from streamer.pipeline.exactly_once import TransactionalPublisher
+
+        if transactional_producers is None or commit is not None:
+            raise StartupError(
+                "delivery exactly-once needs the live service's per-partition transactional "
+                "producers (the replay delivers at-least-once)"
+            )
+        publisher = eos = TransactionalPublisher(
+            transactional_producers, progress, metrics, flags, dlq_topic=settings.topic_dlq,
+            group_id=settings.group_id, timeout_s=settings.transaction_timeout_ms / 1000.0,
+            extra_headers=extra_headers,
+        )  # fmt: skip
+        commit_interval_s = settings.transaction_interval_ms / 1000.0
+    else:
+        publisher = Publisher(
+            producer, progress, metrics, flags, dlq_topic=settings.topic_dlq,
+            commit=commit or consumer.commit, extra_headers=extra_headers,
+        )  # fmt: skip
     runner = BatchRunner(
         routes, executor, publisher, metrics, flags,
         dispatch_when_idle=settings.dispatch_when_idle,
@@ -257,6 +290,8 @@ def assemble(
         max_poll_records=settings.max_poll_records,
         revoke_timeout_s=min(settings.drain_timeout_s, 5.0),
     )  # fmt: skip
+    if eos is not None:
+        eos.bind(intake)
     needed = {h.source_topic for h in handlers} | {h.result_topic for h in handlers}
     health = None
     if settings.metrics_port:
@@ -294,7 +329,7 @@ def assemble(
         progress=progress,
         needed_topics=needed | {settings.topic_dlq},
         drain_timeout_s=settings.drain_timeout_s,
-        commit_interval_s=settings.commit_interval_ms / 1000.0,
+        commit_interval_s=commit_interval_s,
         health=health,
         public_settings=settings.public_dict(),
         lag_monitor=lag_monitor,

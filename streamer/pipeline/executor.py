@@ -23,7 +23,7 @@ import logging
 import os
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -240,6 +240,48 @@ class _Batch:
     last_reason: str = ""
 
 
+class _TaskQueue:
+    """Batches waiting for a worker slot: intent batches first, then pairs, each in order.
+
+    A pair batch runs 100+ ms on a CPU (a few ms on a device) and the intent route's budget is
+    10 ms end to end: in one process serving both routes, FIFO put intent batches behind pair
+    batches. Priority here, and a slot per worker kept free of pairs (`reserve_intent_slot`),
+    bound an intent batch's wait to the rest of the batch already running.
+    """
+
+    ORDER = (Task.INTENT, Task.DUPLICATE)
+
+    def __init__(self) -> None:
+        self._queues: dict[Task, collections.deque[_Batch]] = {
+            t: collections.deque() for t in self.ORDER
+        }
+
+    def append(self, batch: _Batch) -> None:
+        self._queues[batch.task].append(batch)
+
+    def appendleft(self, batch: _Batch) -> None:
+        self._queues[batch.task].appendleft(batch)
+
+    def heads(self) -> list[_Batch]:
+        """The next batch of each task, highest priority first."""
+        return [q[0] for q in self._queues.values() if q]
+
+    def remove_head(self, batch: _Batch) -> None:
+        popped = self._queues[batch.task].popleft()
+        assert popped is batch
+
+    def clear(self) -> None:
+        for q in self._queues.values():
+            q.clear()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def __iter__(self) -> Iterator[_Batch]:
+        for q in self._queues.values():
+            yield from q
+
+
 @dataclass(eq=False)
 class _SeatLoad:
     slots: list[_Batch | None]
@@ -276,6 +318,9 @@ class MultiprocExecutor:
     - `max_batch_crashes`: workers a batch may take down before it fails alone with
       `WorkerCrashedError` (a poison batch must not kill every worker in turn).
     - `restart_policy`: backoff between restarts and when a worker gives up.
+    - `reserve_intent_slot`: pair batches never take a worker's last free slot (set when one
+      process serves both routes), so an intent batch waits at most for the running one.
+      Queued intent batches always go before queued pair batches.
     """
 
     def __init__(
@@ -293,6 +338,7 @@ class MultiprocExecutor:
         start_timeout_s: float = 300.0,
         max_batch_crashes: int = 3,
         restart_policy: RestartPolicy | None = None,
+        reserve_intent_slot: bool = False,
     ) -> None:
         if workers < 1 or threads_per_worker < 1:
             raise ValueError("workers and threads_per_worker must be >= 1")
@@ -305,11 +351,12 @@ class MultiprocExecutor:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.start_timeout_s = start_timeout_s
         self.max_batch_crashes = max_batch_crashes
+        self.reserve_intent_slot = reserve_intent_slot and slots_per_worker > 1
         self.restart_policy = restart_policy or RestartPolicy()
         self._env_per_worker = env_per_worker
         self._sup: Supervisor | None = None
         self._loads: dict[int, _SeatLoad] = {}
-        self._queue: collections.deque[_Batch] = collections.deque()
+        self._queue = _TaskQueue()
         self._ids = itertools.count(1)
         self._rotor = 0
         self._closed = False
@@ -453,17 +500,24 @@ class MultiprocExecutor:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _pick(self) -> tuple[Seat, int] | None:
+    def _pick(self, task: Task) -> tuple[Seat, int] | None:
         assert self._sup is not None
         best: tuple[int, Seat] | None = None
         seats = self._sup.seats
         n = len(seats)
+        # Pairs may not take a worker's last free slot when intents are served beside them.
+        pair_cap = self.geometry.n_slots - (1 if self.reserve_intent_slot else 0)
         # Start the scan at a rotating seat so equally loaded workers share the work.
         for k in range(n):
             seat = seats[(self._rotor + k) % n]
             if seat.state is not SeatState.READY:
                 continue
-            busy = self._loads[seat.index].busy
+            load = self._loads[seat.index]
+            busy = load.busy
+            if task == Task.DUPLICATE and pair_cap >= 1:
+                pairs = sum(b is not None and b.task == Task.DUPLICATE for b in load.slots)
+                if pairs >= pair_cap:
+                    continue
             if busy < self.geometry.n_slots and (best is None or busy < best[0]):
                 best = (busy, seat)
         if best is None:
@@ -475,21 +529,31 @@ class MultiprocExecutor:
 
     def _dispatch(self) -> None:
         while self._queue and self._sup is not None:
-            target = self._pick()
-            if target is None:
+            placed = False
+            for batch in self._queue.heads():  # intents first
+                if batch.future.done():
+                    self._queue.remove_head(batch)
+                    placed = True  # look again: the next one may be placeable
+                    break
+                target = self._pick(batch.task)
+                if target is None:
+                    continue
+                self._queue.remove_head(batch)
+                self._place(batch, *target)
+                placed = True
+                break
+            if not placed:
                 return
-            batch = self._queue.popleft()
-            if batch.future.done():
-                continue
-            seat, index = target
-            load = self._loads[seat.index]
-            seat.ring.slots[index].write_request(batch.id, int(batch.task), *batch.arrays)
-            load.slots[index] = batch
-            load.dispatched_ns[index] = time_ns()
-            assert seat.process is not None
-            # A failed wake-up means the worker just died; its sentinel fires next and
-            # on_lost re-dispatches this batch with the rest.
-            seat.process.wake(index)
+
+    def _place(self, batch: _Batch, seat: Seat, index: int) -> None:
+        load = self._loads[seat.index]
+        seat.ring.slots[index].write_request(batch.id, int(batch.task), *batch.arrays)
+        load.slots[index] = batch
+        load.dispatched_ns[index] = time_ns()
+        assert seat.process is not None
+        # A failed wake-up means the worker just died; its sentinel fires next and
+        # on_lost re-dispatches this batch with the rest.
+        seat.process.wake(index)
 
     def _harvest(self, seat: Seat, index: int) -> bool:
         load = self._loads[seat.index]

@@ -383,3 +383,57 @@ async def test_finished_but_unread_slots_do_not_count_as_hung(
     assert ex.busy_since_ns(seat) is None  # DONE, completion byte not read yet
     ex.on_done(seat)
     assert (await t).shape == (2, K)
+
+
+async def test_intent_batches_go_first_and_pairs_leave_a_slot_free() -> None:
+    """A process serving both routes: queued intents jump the pair queue, and pairs never
+    take a worker's last slot, so an intent waits at most for the batch already running."""
+    ex = MultiprocExecutor(
+        spec(), workers=1, threads_per_worker=1, slots_per_worker=2, max_batch=8,
+        max_seq_len=8, max_outputs=4, reserve_intent_slot=True,
+    )  # fmt: skip
+    sup = InlineSupervisor(ex)
+    ex.bind(sup)
+    rng = np.random.default_rng(9)
+    runner = make_fake_runner(n_outputs=K)
+    pairs = [asyncio.create_task(ex.submit(Task.DUPLICATE, *random_batch(rng, 2, 4)))
+             for _ in range(3)]  # fmt: skip
+    await settle()
+    slots = ex._loads[0].slots
+    assert [b.task for b in slots if b is not None] == [Task.DUPLICATE]  # one slot kept free
+    assert len(ex._queue) == 2
+    intent = asyncio.create_task(ex.submit(Task.INTENT, *random_batch(rng, 2, 4)))
+    await settle()
+    assert sorted(int(b.task) for b in slots if b is not None) == [Task.INTENT, Task.DUPLICATE]
+    assert len(ex._queue) == 2  # the intent took the free slot at once, pairs still wait
+    for _ in range(4):
+        sup.serve(0, runner)
+        await settle()
+    await asyncio.gather(intent, *pairs)
+    await ex.close()
+
+
+async def test_queued_intents_are_dispatched_before_queued_pairs(
+    inline: tuple[MultiprocExecutor, InlineSupervisor],
+) -> None:
+    ex, sup = inline
+    rng = np.random.default_rng(10)
+    runner = make_fake_runner(n_outputs=K)
+    order: list[Task] = []
+    fill = [asyncio.create_task(ex.submit(Task.DUPLICATE, *random_batch(rng, 2, 4)))
+            for _ in range(4)]  # fmt: skip
+    await settle()
+    assert len(ex._queue) == 0 and loads(ex) == [2, 2]
+    late_pair = asyncio.create_task(ex.submit(Task.DUPLICATE, *random_batch(rng, 2, 4)))
+    await settle()
+    late_intent = asyncio.create_task(ex.submit(Task.INTENT, *random_batch(rng, 2, 4)))
+    await settle()
+    assert [b.task for b in ex._queue] == [Task.INTENT, Task.DUPLICATE]
+    sup.serve(0, runner)  # frees two slots: the intent is placed before the older pair
+    await settle()
+    order = [b.task for b in ex._loads[0].slots if b is not None]
+    assert Task.INTENT in order
+    for i in (0, 1, 0, 1):
+        sup.serve(i, runner)
+        await settle()
+    await asyncio.gather(late_intent, late_pair, *fill)
