@@ -112,6 +112,34 @@ class Settings(BaseSettings):
         "that lack it (the Tansu broker on the GPU benchmark machine).",
     )
     session_timeout_ms: int = Field(10_000, ge=1000)
+    # --- Delivery guarantee (streamer/pipeline/exactly_once.py) ------------------------
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="at-least-once: results are acknowledged, then offsets committed (a crash "
+        "may answer a record twice, never zero times). exactly-once: each input partition's "
+        "results, dead letters and offset commit in one Kafka transaction; downstream must read "
+        "with isolation_level=read_committed and sees results only when their transaction "
+        "commits (every transaction_interval_ms).",
+    )
+    # Kafka Streams commits exactly-once transactions every 100 ms by default. Here it is the
+    # latency exactly-once adds: results become visible when their transaction commits
+    # (BENCHMARKS.md, "Exactly-once vs at-least-once", measures it per interval).
+    transaction_interval_ms: int = Field(
+        100,
+        ge=10,
+        le=60_000,
+        description="exactly-once: how often each input partition's open transaction commits.",
+    )
+    # The broker aborts a transaction left open longer (and fences its producer). Short, as in
+    # Kafka Streams (10 s): a crashed instance's open transactions hold read_committed
+    # consumers of the result partitions back until then, unless a new owner aborts them first.
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=900_000,
+        description="exactly-once: broker-side timeout of a transaction (transaction.timeout.ms); "
+        "at most the broker's transaction.max.timeout.ms (15 min by default).",
+    )
     heartbeat_interval_ms: int = Field(1_000, ge=100)
 
     # --- Model and workers -------------------------------------------------------------
@@ -204,6 +232,11 @@ class Settings(BaseSettings):
         """Reject settings that cannot work together, with a reason."""
         if not self.routes:
             raise ValueError("routes must name at least one of: intent, duplicate")
+        if self.delivery == "exactly-once":
+            if not self.producer_idempotence:
+                raise ValueError("delivery exactly-once needs producer_idempotence")
+            if self.transaction_timeout_ms <= 2 * self.transaction_interval_ms:
+                raise ValueError("transaction_timeout_ms must exceed twice transaction_interval_ms")
         self._check_security()
         return self
 

@@ -35,6 +35,21 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+def make_transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:
+    """One input partition's producer for exactly-once delivery (streamer/pipeline/
+    transactions.py): idempotent and acks=all by construction, its transactions time out on
+    the broker after transaction_timeout_ms."""
+    return AIOKafkaProducer(
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        linger_ms=settings.producer_linger_ms,
+        request_timeout_ms=30_000,
+        **_common(settings),
+    )
+
+
 def make_consumer(settings: Settings, *, group_id: str | None = "") -> AIOKafkaConsumer:
     """Manual commits (the publisher commits acknowledged prefixes); a short fetch wait.
 

@@ -43,6 +43,9 @@ class ConsumerLike(Protocol):
     def resume(self, *partitions: Any) -> None: ...
     def highwater(self, partition: Any) -> int | None: ...
     async def position(self, partition: Any) -> int: ...
+    async def committed(self, partition: Any) -> int | None: ...
+    def seek(self, partition: Any, offset: int) -> None: ...
+    async def seek_to_beginning(self, *partitions: Any) -> Any: ...
 
 
 class KafkaIntake:
@@ -71,6 +74,9 @@ class KafkaIntake:
         self._flags = flags
         self._max_poll_records = max_poll_records
         self._revoke_timeout_s = revoke_timeout_s
+        # Partitions held by exactly-once until their producer is up and the consumer has
+        # re-read their committed offset; backpressure never resumes them (`hold`, `release`).
+        self._unready: set[Any] = set()
         progress.on_done = self.apply_backpressure
 
     @property
@@ -183,7 +189,7 @@ class KafkaIntake:
                 self._consumer.pause(*tps)
                 state.paused.update(tps)
             elif action is Action.RESUME:
-                self._consumer.resume(*state.paused)
+                self._consumer.resume(*(state.paused - self._unready))
                 state.paused.clear()
             if state.backpressure.paused:
                 # No record can arrive until work completes: lingering only idles the workers.
@@ -202,6 +208,11 @@ class KafkaIntake:
                 state.paused.add(tp)
         log.info("assigned", extra={"event": "assigned", "partitions": tp_names(assigned)})
 
+    async def set_up_assigned(self, assigned: set[Any]) -> None:
+        """After `on_assigned`, inside the rebalance callback: the publisher's set-up of the new
+        partitions (exactly-once: their producers and a re-read of their committed offsets)."""
+        await self._publisher.partitions_assigned(assigned)
+
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Finish the revoked partitions' work (bounded), commit it, then let them go.
 
@@ -216,9 +227,43 @@ class KafkaIntake:
             await asyncio.sleep(0.005)
         await self._publisher.commit(only=revoked)
         self._progress.revoked(revoked)
+        await self._publisher.partitions_revoked(revoked)
+        self._unready -= revoked
         for state in self.routes.values():
             state.paused.difference_update(revoked)
         log.info("revoked", extra={"event": "revoked", "partitions": tp_names(revoked)})
+
+    # ------------------------------------------------------------------ partition control
+    # Exactly-once (`exactly_once.PartitionControl`): a partition is processed only once its
+    # transactional producer is up and the consumer has re-read its committed offset.
+    def hold(self, tps: Iterable[Any]) -> None:
+        """Stop fetching these partitions until `release` (backpressure leaves them paused)."""
+        held = set(tps)
+        self._unready |= held
+        self._consumer.pause(*held)
+
+    def release(self, tps: Iterable[Any]) -> None:
+        """Fetch these partitions again, unless their route is paused by backpressure."""
+        for tp in tps:
+            self._unready.discard(tp)
+            state = self._by_topic.get(tp.topic)
+            if state is not None and state.backpressure.paused:
+                state.paused.add(tp)  # resumed with the route
+            elif self.owns(tp):
+                self._consumer.resume(tp)
+
+    async def reposition(self, tps: Iterable[Any]) -> None:
+        """Seek to the committed offset as the broker has it now (the start when none)."""
+        for tp in tps:
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+
+    def owns(self, tp: Any) -> bool:
+        """Whether tp is assigned to this consumer now."""
+        return tp in self._consumer.assignment()
 
     # ------------------------------------------------------------------ lag
     async def lag_loop(self, interval_s: float = 1.0) -> None:
@@ -251,6 +296,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._intake.on_assigned(set(assigned))
+        await self._intake.set_up_assigned(set(assigned))
 
 
 def tp_names(tps: Iterable[Any]) -> list[str]:

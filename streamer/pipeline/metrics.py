@@ -36,7 +36,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.e2e_latency = Histogram(
             "streamer_end_to_end_seconds",
-            "Source timestamp to produce acknowledgement, per record.",
+            "Source timestamp to produce acknowledgement, per record (exactly-once: to the "
+            "commit of the transaction that makes it visible).",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -126,6 +127,20 @@ class Metrics:
             "streamer_worker_restarts", "Worker processes restarted so far.", registry=r
         )
         self.commits = Counter("streamer_commits_total", "Offset commits.", registry=r)
+        self.transactions = Counter(
+            "streamer_transactions_total",
+            "Exactly-once: per-partition transactions committed (results and input offset made "
+            "visible together) or failed (aborted or fenced: the partition resumes from its "
+            "committed offset and redoes the rest).",
+            ["outcome"],
+            registry=r,
+        )
+        self.transaction_commit = Histogram(
+            "streamer_transaction_commit_seconds",
+            "Exactly-once: one partition's commit (offsets into the transaction, then EndTxn).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.linger_seconds = Gauge(
             "streamer_linger_seconds", "Current adaptive linger of the batcher.", ["route"],
             registry=r,

@@ -69,16 +69,32 @@ class Publisher:
         self._commit = commit
         self._extra_headers = extra_headers
 
+    # ------------------------------------------------------------------ partitions
+    # Exactly-once delivery (`exactly_once.TransactionalPublisher`) keeps a producer per input
+    # partition and must see the consumer re-read its committed offsets after assignment; here
+    # (at-least-once) one shared producer serves every partition and these are no-ops.
+    transactional = False
+
+    async def partitions_assigned(self, tps: set[Any]) -> None:
+        """Partitions were assigned (the intake calls this from the rebalance callback)."""
+
+    async def partitions_revoked(self, tps: set[Any]) -> None:
+        """Revoked partitions were committed and let go."""
+
+    async def close(self) -> None:
+        """Release what the publisher owns beyond the shared clients (shutdown)."""
+
     # ------------------------------------------------------------------ results
-    async def publish(self, state: RouteState, rows: Sequence[Row], values: list[bytes]) -> None:
-        """Send one batch's results, wait for every ack, then mark their offsets done."""
+    def result_records(
+        self, state: RouteState, rows: Sequence[Row], values: list[bytes]
+    ) -> list[Record]:
+        """(key, value, headers) of each row's result: key = event id, the model's headers."""
         model = state.handler.model
         headers = [("model", model.name.encode()), ("model_version", model.version.encode())]
         if model.variant == "emulated":  # never mistaken for a model's answer downstream
             headers.append(("device", model.target.encode()))
-        t0 = time.monotonic()
         extra = self._extra_headers
-        records = [
+        return [
             (
                 row.event.event_id.encode(),
                 value,
@@ -86,6 +102,11 @@ class Publisher:
             )
             for row, value in zip(rows, values, strict=True)
         ]
+
+    async def publish(self, state: RouteState, rows: Sequence[Row], values: list[bytes]) -> None:
+        """Send one batch's results, wait for every ack, then mark their offsets done."""
+        t0 = time.monotonic()
+        records = self.result_records(state, rows, values)
         if not await self.send_until_acked(state.handler.result_topic, records, state.name):
             return
         ack = time.monotonic()

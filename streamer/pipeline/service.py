@@ -335,5 +335,9 @@ class Service:
         self._ready = False
         if self._health is not None:
             await self._health.close()
+        # Exactly-once: the drain committed what was released; whatever transaction is still
+        # open is aborted (not left to its timeout, holding read_committed readers back).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.publisher.close(), timeout=max(1.0, self._drain_timeout_s))
         await self.clients.stop()
         await self.executor.close()

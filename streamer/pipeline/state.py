@@ -56,13 +56,15 @@ class Progress:
     """Per partition: fetched vs done offsets and the assignment generation (no I/O).
 
     `on_done` is called after every completion, so the intake can resume paused partitions
-    as soon as in-flight work drops below the low mark.
+    as soon as in-flight work drops below the low mark. `on_track` (exactly-once only) sees
+    every fetched offset with its generation, so results can be released in offset order.
     """
 
     def __init__(self) -> None:
         self.watermark = OffsetWatermark()
         self._generation: dict[Hashable, int] = {}
         self.on_done: Callable[[], None] = lambda: None
+        self.on_track: Callable[[Hashable, int, int], None] | None = None
 
     def generation(self, tp: Hashable) -> int:
         """The partition's current assignment generation."""
@@ -79,7 +81,10 @@ class Progress:
             self.watermark.forget(tp)
             self._generation[tp] = self.generation(tp) + 1
             self.watermark.track(tp, offset)
-        return self.generation(tp)
+        generation = self.generation(tp)
+        if self.on_track is not None:
+            self.on_track(tp, offset, generation)
+        return generation
 
     def done(self, state: RouteState, tp: Hashable, offset: int, generation: int) -> None:
         """A record's result or dead letter is acknowledged: release it, maybe advance."""

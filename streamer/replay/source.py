@@ -85,7 +85,7 @@ class BoundedIntake(KafkaIntake):
                 self._finish(tp)  # not in the plan (a --partitions subset)
                 continue
             offset = max(rng.start, committed.get(TP(tp.topic, tp.partition), rng.start))
-            self._consumer.seek(tp, offset)  # type: ignore[attr-defined]
+            self._consumer.seek(tp, offset)
             if offset >= rng.stop:
                 self._finish(tp)
 

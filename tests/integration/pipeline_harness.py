@@ -255,15 +255,19 @@ async def collect(
     timeout_s: float,
     settle_s: float = 1.0,
     client_kwargs: dict[str, Any] | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> Counter[str]:
     """Read a results topic from the start until every expected id was seen (or timeout).
 
     Returns a Counter of event ids (so duplicates are visible). After all ids are seen it keeps
-    reading `settle_s` longer so late duplicates are counted too.
+    reading `settle_s` longer so late duplicates are counted too. `isolation_level`
+    "read_committed" reads what a downstream of exactly-once delivery may see: no record of an
+    aborted or still open transaction.
     """
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, fetch_max_wait_ms=50, **(client_kwargs or {}),
+        group_id=None, fetch_max_wait_ms=50, isolation_level=isolation_level,
+        **(client_kwargs or {}),
     )  # fmt: skip
     await consumer.start()
     seen: Counter[str] = Counter()
@@ -285,12 +289,18 @@ async def collect(
 
 
 async def read_all(
-    bootstrap: str, topic: str, timeout_s: float = 5.0, client_kwargs: dict[str, Any] | None = None
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 5.0,
+    client_kwargs: dict[str, Any] | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> list[dict]:
-    """Every record currently in a topic, decoded."""
+    """Every record currently in a topic (of committed transactions only: read_committed),
+    decoded."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, fetch_max_wait_ms=50, **(client_kwargs or {}),
+        group_id=None, fetch_max_wait_ms=50, isolation_level=isolation_level,
+        **(client_kwargs or {}),
     )  # fmt: skip
     await consumer.start()
     out = []
