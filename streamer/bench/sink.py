@@ -203,10 +203,19 @@ class Sink:
     so a stepped benchmark does not pay a consumer start per step.
     """
 
-    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = 5) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        fetch_max_wait_ms: int = 5,
+        isolation_level: str = "read_committed",
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        # read_committed: what a downstream of exactly-once delivery sees (results count when
+        # their transaction commits); the same as read_uncommitted on non-transactional topics.
+        self.isolation_level = isolation_level
         self.recorder = LatencyRecorder({})
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -220,6 +229,7 @@ class Sink:
             enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             auto_offset_reset="earliest" if from_beginning else "latest",
+            isolation_level=self.isolation_level,
         )
         await c.start()
         partitions: set[int] | None = None

@@ -19,6 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--from-beginning", action="store_true")
     parser.add_argument("--max", type=int, default=0, help="stop after N records (0: never)")
+    parser.add_argument(
+        "--isolation-level",
+        choices=("read_committed", "read_uncommitted"),
+        default="read_committed",
+        help="read_committed (default): only results of committed transactions, what a "
+        "downstream of STREAMER_DELIVERY=exactly-once must read; read_uncommitted also shows "
+        "records of open and aborted transactions (debugging)",
+    )
 
 
 def describe(value: bytes | None) -> str:
@@ -58,6 +66,7 @@ async def tail(args: argparse.Namespace) -> int:
         **env_security_kwargs(),
         auto_offset_reset="earliest" if args.from_beginning else "latest",
         fetch_max_wait_ms=50,
+        isolation_level=getattr(args, "isolation_level", "read_committed"),
     )
     await consumer.start()
     seen = 0

@@ -398,3 +398,37 @@ def test_exactly_once_settings_are_checked() -> None:
                       transaction_timeout_ms=6000)  # fmt: skip
     with pytest.raises(ValidationError):
         load_settings(delivery="exactly-twice")
+
+
+# --------------------------------------------------------------------------- downstream
+def test_the_benchmark_judges_exactly_once_by_when_results_are_readable() -> None:
+    """An exactly-once result's broker append time is when it entered its transaction; the
+    knee search must use when the read_committed sink saw it."""
+    from streamer.bench.harness import outcome_of
+
+    step = {
+        "offered_rate": 100.0,
+        "sink": {
+            "broker": {"p99_ms": 8.0, "count": 1000},
+            "observed": {"p99_ms": 120.0, "count": 1000},
+            "missing": 0,
+        },
+        "contender_alive": True,
+        "load": {"fell_behind": False},
+    }
+    assert outcome_of(step).p99_ms == 8.0
+    assert outcome_of({**step, "clock": "observed"}).p99_ms == 120.0
+
+
+def test_tail_and_the_sink_read_committed_by_default() -> None:
+    import argparse
+
+    from streamer.bench.sink import Sink
+    from streamer.bench.tail import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--topic", "t"]).isolation_level == "read_committed"
+    args = parser.parse_args(["--topic", "t", "--isolation-level", "read_uncommitted"])
+    assert args.isolation_level == "read_uncommitted"
+    assert Sink("b", "t").isolation_level == "read_committed"
