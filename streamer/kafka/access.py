@@ -4,7 +4,9 @@
   broker's certificate rejected (expired, unknown CA, wrong host name) or the SASL login
   refused. aiokafka only says "Unable to bootstrap"; the reason is only in its log.
 - `check(read, write)` (at start-up): every topic exists and the broker's authorizer lets this
-  principal READ the input topics and WRITE the result and dead-letter topics. It asks with one
+  principal READ the input topics and WRITE the result and dead-letter topics, and READ its
+  consumer group (DescribeGroups with authorized operations: without it the consumer never
+  joins and the service would sit idle, fetch errors in its log). It asks with one
   Metadata v8 request (`streamer.kafka.acl.topic_operations`, KIP-430): the broker answers with
   the operations the caller is allowed, so nothing is written anywhere (a test record in the
   DLQ would be one downstream has to skip) and no right to read ACLs (DescribeAcls, which
@@ -23,22 +25,25 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
+    GroupAuthorizationFailedError,
     KafkaError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
 
 from streamer.config import Settings
-from streamer.kafka.acl import AclOperation, topic_operations
+from streamer.kafka.acl import OPERATIONS_UNKNOWN, AclOperation, topic_operations
 from streamer.kafka.probe import split_bootstrap
 from streamer.kafka.security import SecurityConfigError, redact, security_kwargs, ssl_context
 
 UNKNOWN_TOPIC = 3
 TOPIC_AUTHORIZATION_FAILED = 29
+GROUP_AUTHORIZATION_FAILED = 30
 
 
 def tls_reason(verify_message: str, host: str) -> str:
@@ -150,7 +155,39 @@ class BrokerAccess:
             for op, topics in ((AclOperation.READ, read), (AclOperation.WRITE, write)):
                 if topic in topics and found.allows(op) is False:
                     problems.append(f"not authorized to {op.name} topic {topic} (missing ACL)")
+        if read:
+            problems += await self._check_group(self._settings.group_id)
         return [self._redact(p) for p in problems]
+
+    async def _check_group(self, group: str) -> list[str]:
+        """READ on the consumer group (without it the consumer never joins: fetches fail)."""
+        missing = [f"not authorized to READ consumer group {group} (missing ACL)"]
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=f"{self._settings.client_id}-access",
+            request_timeout_ms=10_000,
+            **security_kwargs(self._settings),
+        )
+        try:
+            await asyncio.wait_for(admin.start(), 30)
+            responses = await asyncio.wait_for(
+                admin.describe_consumer_groups([group], include_authorized_operations=True), 30
+            )
+        except GroupAuthorizationFailedError:
+            return missing
+        finally:
+            await admin.close()
+        for response in responses:
+            for described in response.to_object()["groups"]:
+                code = described["error_code"]
+                operations = described.get("authorized_operations", OPERATIONS_UNKNOWN)
+                if code == GROUP_AUTHORIZATION_FAILED or (
+                    code == 0
+                    and operations != OPERATIONS_UNKNOWN
+                    and not operations & (1 << AclOperation.READ)
+                ):
+                    return missing
+        return []
 
     async def ping(self, timeout_s: float = 5.0) -> bool:
         """True when a broker answers a small metadata request within timeout_s."""

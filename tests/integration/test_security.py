@@ -225,3 +225,16 @@ async def test_user_without_read_acl_cannot_consume_results(secure_kafka):
                     pytest.fail("outsider read records from a result topic")
     finally:
         await consumer.stop()
+
+
+async def test_missing_group_read_acl_stops_startup(secure_kafka, tiny_cpu_artifact, tmp_path):
+    """Without READ on its group the consumer never joins (it would sit idle, fetch errors in
+    its log): start-up says so instead."""
+    kafka = secure_kafka
+    topics = await _topics(kafka)
+    svc = _service(kafka, tiny_cpu_artifact, topics, tmp_path / "svc.log")
+    svc.group_id = "streamer-no-acl"
+    output = _failed_start(svc)
+    reason = _reason(output)
+    assert "not authorized to READ consumer group streamer-no-acl" in reason, reason
+    _assert_no_secret(output, _secrets(kafka))
