@@ -475,10 +475,13 @@ class BrokerSecurity:
         write: Iterable[str] = (),
         describe: Iterable[str] = (),
         groups: Iterable[str] = (),
+        transactional_ids: Iterable[str] = (),
         prefixed: bool = False,
     ) -> None:
         """ALLOW `user` READ (topics in `read`), WRITE (`write`), DESCRIBE (`describe`, and
-        every topic above) and READ on `groups`; names are prefixes when `prefixed`."""
+        every topic above), READ on `groups`, and WRITE and DESCRIBE on the prefixes in
+        `transactional_ids` (exactly-once: one id per input partition, `<group>-...`); other
+        names are prefixes when `prefixed`."""
         from streamer.kafka.acl import (
             AclBinding,
             AclOperation,
@@ -499,6 +502,11 @@ class BrokerSecurity:
         for name in groups:
             wanted += [(ResourceType.GROUP, name, AclOperation.READ)]
         bindings = [AclBinding(principal, t, n, op, pattern) for t, n, op in wanted]
+        bindings += [
+            AclBinding(principal, ResourceType.TRANSACTIONAL_ID, name, op, PatternType.PREFIXED)
+            for name in transactional_ids
+            for op in (AclOperation.WRITE, AclOperation.DESCRIBE)
+        ]
         run_in_fresh_loop(
             lambda: create_acls(self.bootstrap_servers, bindings, self.client_kwargs()), 60.0
         )
@@ -966,6 +974,7 @@ def _secure_setup(kafka: LocalKafka) -> Path:
         read=inputs,
         write=[n for n in names if n not in inputs],
         groups=["streamer"],
+        transactional_ids=["streamer-"],  # STREAMER_DELIVERY=exactly-once
     )
     env = security.write_env_file(kafka.workdir / "streamer.env", "streamer")
     with open(env, "a") as handle:

@@ -50,6 +50,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
+from aiokafka.errors import TransactionalIdAuthorizationFailed
+
 from streamer.pipeline.metrics import Metrics
 from streamer.pipeline.publisher import HeaderFn, Publisher
 from streamer.pipeline.routes import Row
@@ -296,6 +298,18 @@ class TransactionalPublisher(Publisher):
                     del self._txns[tp]
                 await txn.close(abort=False)
                 raise
+            except TransactionalIdAuthorizationFailed:
+                # Retrying cannot help, and a service holding its partitions idle would look
+                # healthy: stop (exit 1) with the ACL it lacks.
+                log.error(
+                    "not authorized to use transactional id %s: grant WRITE and DESCRIBE on "
+                    "TransactionalId prefix '%s-'",
+                    transactional_id(self._group_id, tp), self._group_id,
+                    extra={"event": "txn_unauthorized", "tp": str(tp)},
+                )  # fmt: skip
+                await txn.close(abort=False)
+                self._flags.fail()
+                return
             except Exception as exc:
                 log.warning(
                     "partition not ready",

@@ -432,3 +432,23 @@ def test_tail_and_the_sink_read_committed_by_default() -> None:
     args = parser.parse_args(["--topic", "t", "--isolation-level", "read_uncommitted"])
     assert args.isolation_level == "read_uncommitted"
     assert Sink("b", "t").isolation_level == "read_committed"
+
+
+async def test_a_missing_transactional_id_acl_stops_the_service() -> None:
+    """Retrying cannot grant an ACL; a service holding its partitions idle would look healthy."""
+    from aiokafka.errors import TransactionalIdAuthorizationFailed
+
+    class Unauthorized(FakeTxnProducer):
+        async def start(self) -> None:
+            raise TransactionalIdAuthorizationFailed(self.tid)
+
+    flags = StopFlags()
+    publisher = TransactionalPublisher(
+        lambda tid: Unauthorized(FakeBroker(), tid), Progress(), Metrics(), flags,
+        dlq_topic="dlq", group_id=GROUP, timeout_s=5.0, retry_backoff_s=0.0,
+    )  # fmt: skip
+    control = FakeControl([Q0])
+    publisher.bind(control)
+    await publisher.partitions_assigned({Q0})
+    assert flags.exit_code == 1 and flags.stopping.is_set()
+    assert ("release", Q0) not in control.calls
