@@ -171,8 +171,9 @@ def _bitext(root: Path, split: str) -> Iterable[IntentExample]:
                 yield IntentExample(text, "help", "bitext")
 
 
-def _clinc(root: Path, split: str) -> Iterable[IntentExample]:
+def _clinc(root: Path, split: str, other_cap: int | None = None) -> Iterable[IntentExample]:
     data = json.loads((root / "clinc150" / "data_full.json").read_text())
+    cap = OTHER_CAP[split] if other_cap is None else other_cap
     taken: dict[str, int] = {}
     for key in _CLINC_KEYS[split]:
         for text, intent in data[key]:
@@ -181,23 +182,74 @@ def _clinc(root: Path, split: str) -> Iterable[IntentExample]:
                 continue
             if label == "other" and intent != "oos":
                 taken[intent] = taken.get(intent, 0) + 1
-                if taken[intent] > OTHER_CAP[split]:
+                if taken[intent] > cap:
                     continue
             yield IntentExample(text, label, f"clinc150:{intent}")
 
 
-def load_intent_split(split: str, root: Path = DEFAULT_DATA_DIR) -> list[IntentExample]:
-    """All intent examples of one split (train/valid/test) from every source, in a fixed order."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}")
+def content_spans(tokens: list[str], tags: list[int]) -> list[str]:
+    """The `content` entity spans of one QueryNER query (B-content then I-content tokens)."""
+    spans: list[list[str]] = []
+    for word, tag in zip(tokens, tags, strict=True):
+        if tag == 7 or (tag == 8 and not spans):
+            spans.append([word])
+        elif tag == 8 and spans:
+            spans[-1].append(word)
+        elif spans and spans[-1]:
+            spans.append([])
+    return [" ".join(s) for s in spans if s]
+
+
+def media_span_examples(root: Path = DEFAULT_DATA_DIR, min_words: int = 2) -> list[IntentExample]:
+    """Extra `media` training queries: the content spans of QueryNER train queries.
+
+    A content span on its own is an all-`content` query, which the labelling rule calls `media`
+    ("harry potter" out of "harry potter lego set"), so these follow the same rule as the labels.
+    Spans shorter than `min_words` (single words such as "dog" or "georgia" read as product
+    searches as often as titles), spans that already occur as a training query, and duplicates
+    are left out. Train split only.
+    """
+    path = root / "queryner-esci" / "text-and-tags" / f"{_QUERYNER_FILES['train']}.json"
+    examples = json.loads(path.read_text())["examples"]
+    seen = {" ".join(ex["tokens"]) for ex in examples}
     out: list[IntentExample] = []
-    for source in (_queryner, _wands, _bitext, _clinc):
-        out.extend(source(root, split))
+    for ex in examples:
+        for span in content_spans(ex["tokens"], ex["ner_tags"]):
+            if span not in seen and len(span.split()) >= min_words:
+                seen.add(span)
+                out.append(IntentExample(span, "media", "queryner-esci:content-span"))
     return out
 
 
-def load_pair_split(dataset: str, split: str, root: Path = DEFAULT_DATA_DIR) -> list[PairExample]:
-    """One ER-Magellan split as given, both records re-serialized for the model."""
+def load_intent_split(
+    split: str, root: Path = DEFAULT_DATA_DIR, *, other_cap: int | None = None
+) -> list[IntentExample]:
+    """All intent examples of one split (train/valid/test) from every source, in a fixed order.
+
+    `other_cap` overrides the per-intent cap of the non-commerce CLINC150 intents (`OTHER_CAP`);
+    training may take more of them than the evaluation splits hold, never the reverse.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    out: list[IntentExample] = []
+    for source in (_queryner, _wands, _bitext):
+        out.extend(source(root, split))
+    out.extend(_clinc(root, split, other_cap))
+    return out
+
+
+def load_pair_split(
+    dataset: str,
+    split: str,
+    root: Path = DEFAULT_DATA_DIR,
+    *,
+    summarize: bool = True,
+    derive_model: bool = True,
+) -> list[PairExample]:
+    """One ER-Magellan split as given, both records re-serialized for the model.
+
+    `summarize`/`derive_model` are passed to `serialize_product`; serving uses the defaults.
+    """
     if dataset not in PAIR_DATASETS or split not in SPLITS:
         raise ValueError(f"unknown dataset/split {dataset!r}/{split!r}")
     out = []
@@ -207,8 +259,12 @@ def load_pair_split(dataset: str, split: str, root: Path = DEFAULT_DATA_DIR) -> 
             left, right, label = line.rstrip("\n").split("\t")
             out.append(
                 PairExample(
-                    serialize_product(parse_ditto_record(left)),
-                    serialize_product(parse_ditto_record(right)),
+                    serialize_product(
+                        parse_ditto_record(left), summarize=summarize, derive_model=derive_model
+                    ),
+                    serialize_product(
+                        parse_ditto_record(right), summarize=summarize, derive_model=derive_model
+                    ),
                     int(label),
                     dataset,
                 )
