@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--dtype", default="bfloat16", help="cuda only: bfloat16 | float16")
     parser.add_argument("--threads", type=int, default=None, help="cpu parity run threads")
+    parser.add_argument(
+        "--int8-recipe",
+        default=None,
+        help="cpu only: int8 quantization recipe (compile.cpu.INT8_RECIPES; `python -m "
+        "compile.quant` measures them)",
+    )
     return parser
 
 
@@ -39,9 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     sample = default_sample(args.data_dir) if args.sample == "data" else builtin_sample()
     try:
         if args.target == "cpu":
-            from compile.cpu import compile_cpu
+            from compile.cpu import DEFAULT_INT8_RECIPE, compile_cpu
 
-            manifest = compile_cpu(args.artifact, out, sample, threads=args.threads)
+            calibration = (
+                default_sample(args.data_dir, offset=0.5) if args.sample == "data" else None
+            )
+            manifest = compile_cpu(
+                args.artifact, out, sample, threads=args.threads,
+                int8_recipe=args.int8_recipe or DEFAULT_INT8_RECIPE, calibration=calibration,
+            )  # fmt: skip
         elif args.target == "cuda":
             from compile.cuda import compile_cuda
 

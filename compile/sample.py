@@ -92,25 +92,34 @@ def builtin_sample() -> ParitySample:
     )
 
 
-def _spaced(items: list, n: int) -> list:
+def _spaced(items: list, n: int, offset: float = 0.0) -> list:
+    """n evenly spaced items; `offset` 0.5 takes the rows halfway between offset 0's."""
     if len(items) <= n:
         return items
     step = len(items) / n
-    return [items[int(i * step)] for i in range(n)]
+    return [items[int((i + offset) * step)] for i in range(n)]
 
 
 def data_sample(
-    root: Path = DEFAULT_DATA_DIR, n_queries: int = 256, n_pairs_per_dataset: int = 96
+    root: Path = DEFAULT_DATA_DIR,
+    n_queries: int = 256,
+    n_pairs_per_dataset: int = 96,
+    offset: float = 0.0,
 ) -> ParitySample:
-    """Evenly spaced rows of the valid splits (never test): 256 queries, 3 x 96 pairs."""
-    queries = [e.text for e in _spaced(load_intent_split("valid", root), n_queries)]
+    """Evenly spaced rows of the valid splits (never test): 256 queries, 3 x 96 pairs.
+
+    `offset=0.5` gives other rows of the same splits: the calibration sample the int8
+    refinement margins are set on, so the parity sample judges them on rows they never saw.
+    """
+    queries = [e.text for e in _spaced(load_intent_split("valid", root), n_queries, offset)]
     pairs = [
         p
         for d in PAIR_DATASETS
-        for p in _spaced(load_pair_split(d, "valid", root), n_pairs_per_dataset)
+        for p in _spaced(load_pair_split(d, "valid", root), n_pairs_per_dataset, offset)
     ]
+    kind = "calibration rows" if offset else "evenly spaced"
     return ParitySample(
-        source=f"{root} valid splits: {len(queries)} queries, {len(pairs)} pairs (evenly spaced)",
+        source=f"{root} valid splits: {len(queries)} queries, {len(pairs)} pairs ({kind})",
         queries=queries,
         lefts=[p.left for p in pairs],
         rights=[p.right for p in pairs],
@@ -123,7 +132,10 @@ BUNDLED_DATA_DIR = Path(__file__).resolve().parents[1] / "streamer" / "bench" / 
 
 
 def bundled_sample(
-    root: Path = BUNDLED_DATA_DIR, n_queries: int = 256, n_pairs_per_dataset: int = 96
+    root: Path = BUNDLED_DATA_DIR,
+    n_queries: int = 256,
+    n_pairs_per_dataset: int = 96,
+    offset: float = 0.0,
 ) -> ParitySample:
     """Evenly spaced rows of the bundled sample: real queries and pairs where the full data is
     absent (a clone elsewhere, a container build), so parity is judged on hundreds of inputs."""
@@ -139,11 +151,11 @@ def bundled_sample(
         queries += [row["instruction"] for row in csv.DictReader(f)]
     clinc = json.loads((root / "clinc150" / "data_full.json").read_text())
     queries += [text for split in ("test", "val") for text, _ in clinc[split]]
-    queries = _spaced([q for q in queries if q.strip()], n_queries)
+    queries = _spaced([q for q in queries if q.strip()], n_queries, offset)
     pairs = [
         p
         for d in PAIR_DATASETS
-        for p in _spaced(load_pair_split(d, "test", root), n_pairs_per_dataset)
+        for p in _spaced(load_pair_split(d, "test", root), n_pairs_per_dataset, offset)
     ]
     return ParitySample(
         source=f"bundled sample {root}: {len(queries)} queries, {len(pairs)} pairs (evenly spaced)",
@@ -153,10 +165,11 @@ def bundled_sample(
     )
 
 
-def default_sample(data_dir: Path | None) -> ParitySample:
-    """The data's valid splits where they exist, else the bundled sample, else built-in texts."""
+def default_sample(data_dir: Path | None, offset: float = 0.0) -> ParitySample:
+    """The data's valid splits where they exist, else the bundled sample, else built-in texts
+    (`offset=0.5`: other rows of the same source, for calibration)."""
     if data_dir is not None and (data_dir / "ditto-er-magellan").is_dir():
-        return data_sample(data_dir)
+        return data_sample(data_dir, offset=offset)
     if (BUNDLED_DATA_DIR / "ditto-er-magellan").is_dir():
-        return bundled_sample()
+        return bundled_sample(offset=offset)
     return builtin_sample()

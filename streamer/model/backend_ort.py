@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.model.tasks import Task
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES = ("intent_probs", "duplicate_prob")
 
@@ -38,4 +40,62 @@ class OrtForward:
         """Run both heads (the heads are tiny next to the backbone)."""
         feeds = dict(zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids), strict=True))
         intent, dup = self.session.run(list(OUTPUT_NAMES), feeds)  # type: ignore[attr-defined]
+        return intent, dup
+
+
+class RefinedForward:
+    """int8 everywhere, fp32 again for the rows whose decision int8 could have flipped.
+
+    Dynamic int8 moves a duplicate score by up to a few tenths on the pairs whose activations
+    have outliers (measured per recipe by `compile.quant`); only the pairs whose int8 score lies
+    within `duplicate_margin` of the threshold, and the queries whose two best intents lie
+    within `intent_gap` of each other, can change decision, so only those rows run again on the
+    fp32 graph (a sub-batch). The margins are set at compile time from the parity sample, and the
+    parity check judges this forward as a whole, here and where it serves.
+    """
+
+    task_aware = True
+
+    def __init__(
+        self,
+        int8_path: Path,
+        fp32_path: Path,
+        threads: int | None,
+        *,
+        threshold: float,
+        duplicate_margin: float,
+        intent_gap: float,
+    ) -> None:
+        self.fast = OrtForward(int8_path, threads)
+        self.exact = OrtForward(fp32_path, threads)
+        self.threshold = threshold
+        self.duplicate_margin = duplicate_margin
+        self.intent_gap = intent_gap
+        self.rows_refined = 0
+        self.rows_seen = 0
+
+    def __call__(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray,
+        task: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Both heads; rows near a decision of `task` (both tasks if None) re-run in fp32."""
+        intent, dup = self.fast(input_ids, attention_mask, token_type_ids)
+        near = np.zeros(len(input_ids), bool)
+        if task is None or task == Task.DUPLICATE:
+            near |= np.abs(dup[:, 0] - self.threshold) < self.duplicate_margin
+        if task is None or task == Task.INTENT:
+            top = np.sort(intent, axis=1)
+            near |= (top[:, -1] - top[:, -2]) < self.intent_gap
+        self.rows_seen += len(near)
+        if near.any():
+            rows = np.flatnonzero(near)
+            self.rows_refined += len(rows)
+            exact_intent, exact_dup = self.exact(
+                input_ids[rows], attention_mask[rows], token_type_ids[rows]
+            )
+            intent, dup = intent.copy(), dup.copy()
+            intent[rows], dup[rows] = exact_intent, exact_dup
         return intent, dup

@@ -83,7 +83,12 @@ def run_batches(forward: Forward, batches: Sequence[GoldenBatch]) -> tuple[np.nd
     intent: list[np.ndarray] = []
     dup: list[np.ndarray] = []
     for b in batches:
-        out = forward(b.input_ids, b.attention_mask, b.token_type_ids)
+        arrays = (b.input_ids, b.attention_mask, b.token_type_ids)
+        # A task-aware forward (int8 refined near decisions) is told which head counts.
+        if getattr(forward, "task_aware", False):
+            out = forward(*arrays, task=b.task)  # type: ignore[call-arg]
+        else:
+            out = forward(*arrays)
         if b.task == Task.INTENT:
             intent.append(np.asarray(out[0], np.float32)[: b.rows])
         else:

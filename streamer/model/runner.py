@@ -59,7 +59,10 @@ class Runner:
             raise ValueError(f"expected non-empty (B, L) arrays, got shape {shape}")
         if any(a.shape != shape for a in arrays):
             raise ValueError(f"input shapes differ: {[a.shape for a in arrays]}")
-        intent, dup = self._forward(*arrays)
+        if getattr(self._forward, "task_aware", False):
+            intent, dup = self._forward(*arrays, task=task)  # type: ignore[call-arg]
+        else:
+            intent, dup = self._forward(*arrays)
         out = intent if task == Task.INTENT else dup
         return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -117,8 +120,18 @@ def _forward_for(
             raise BackendUnavailableError(
                 "onnxruntime is not installed (pip install onnxruntime)"
             ) from exc
-        from streamer.model.backend_ort import OrtForward
+        from streamer.model.backend_ort import OrtForward, RefinedForward
 
+        refine = info.get("refine")
+        if refine:
+            return RefinedForward(
+                artifact_dir / info["file"],
+                artifact_dir / manifest["variants"][refine["exact_variant"]]["file"],
+                threads,
+                threshold=float(manifest["duplicate_threshold"]),
+                duplicate_margin=float(refine["duplicate_margin"]),
+                intent_gap=float(refine["intent_gap"]),
+            )
         return OrtForward(artifact_dir / info["file"], threads)
     if target == "cuda":
         return _cuda_forward(artifact_dir, manifest, variant)

@@ -189,3 +189,58 @@ def test_without_the_data_the_parity_sample_is_the_bundled_real_one(tmp_path: Pa
     assert sample.source.startswith("bundled sample")
     assert (len(sample.queries), len(sample.lefts)) == (256, 288)
     assert sample == bundled_sample()
+
+
+def test_refine_margins_cover_the_largest_error_seen() -> None:
+    from compile.cpu import refine_margins
+
+    ref = (np.array([[0.9, 0.1], [0.6, 0.4]], np.float32), np.array([[0.5], [0.2]], np.float32))
+    cand = (np.array([[0.8, 0.2], [0.6, 0.4]], np.float32), np.array([[0.55], [0.2]], np.float32))
+    margins = refine_margins(ref, cand)
+    assert margins["duplicate_margin"] == pytest.approx(1.1 * 0.05 + 0.005, abs=1e-4)
+    assert margins["intent_gap"] == pytest.approx(2.2 * 0.1 + 0.005, abs=1e-4)
+    huge = refine_margins(ref, (cand[0], np.array([[1.0], [0.9]], np.float32)))
+    assert huge["duplicate_margin"] == 0.5  # capped: refining everything is fp32 served slowly
+
+
+def test_refinement_reruns_exactly_the_rows_near_a_decision(tiny_cpu_artifact: Path) -> None:
+    from compile.cpu import FP32_FILE, INT8_FILE
+    from streamer.model.backend_ort import RefinedForward
+
+    batch = Encoder.from_artifact(tiny_cpu_artifact).encode_queries(
+        ["where is my order", "lamp", "the mentalist season 3", "tv", "refund", "lego set"]
+    )
+    arrays = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    fast = OrtForward(tiny_cpu_artifact / INT8_FILE, threads=1)(*arrays)
+    exact = OrtForward(tiny_cpu_artifact / FP32_FILE, threads=1)(*arrays)
+
+    def refined(margin: float, gap: float) -> RefinedForward:
+        return RefinedForward(
+            tiny_cpu_artifact / INT8_FILE, tiny_cpu_artifact / FP32_FILE, 1,
+            threshold=0.5, duplicate_margin=margin, intent_gap=gap,
+        )  # fmt: skip
+
+    none = refined(0.0, 0.0)
+    np.testing.assert_array_equal(none(*arrays, task=Task.INTENT)[0], fast[0])
+    assert none.rows_refined == 0
+    every = refined(1.0, 2.0)
+    np.testing.assert_allclose(every(*arrays, task=Task.INTENT)[0], exact[0], atol=1e-6)
+    assert every.rows_refined == len(batch.input_ids)
+    # Task-aware: an intent batch is judged on its intents only, whatever its pair scores say.
+    dup_only = refined(1.0, 0.0)
+    dup_only(*arrays, task=Task.INTENT)
+    assert dup_only.rows_refined == 0
+    gap = np.sort(fast[0], axis=1)
+    near = int(((gap[:, -1] - gap[:, -2]) < 0.3).sum())
+    some = refined(0.0, 0.3)
+    some(*arrays, task=Task.INTENT)
+    assert some.rows_refined == near
+
+
+def test_the_manifest_says_whether_int8_is_refined_and_why(tiny_cpu_artifact: Path) -> None:
+    int8 = read_manifest(tiny_cpu_artifact)["variants"]["int8"]
+    assert "parity_int8_alone" in int8
+    assert ("refine" in int8) != ("refine_refused" in int8)
+    if "refine" in int8:
+        assert int8["refine"]["exact_variant"] == "fp32"
+        assert 0.0 <= int8["refine"]["rows_refined"] <= 0.25
