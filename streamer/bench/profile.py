@@ -35,7 +35,7 @@ from streamer.bench.stages import ready
 
 # First match from the innermost frame outwards decides a sample's stage.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
-    ("model / device", re.compile(r"onnxruntime|/torch/|runner\.py|backend_emulated\.py")),
+    ("model / device", re.compile(r"onnxruntime|/torch/|model/runner\.py|backend_emulated\.py")),
     ("shared-memory hop", re.compile(r"shm_ring\.py|executor\.py|worker\.py|supervisor\.py")),
     ("tokenize", re.compile(r"tokenizers|tokenize\.py|serialize\.py")),
     ("decode records", re.compile(r"decode_query|decode_pair|\bdecode \(.*routes\.py")),
