@@ -136,9 +136,9 @@ class KafkaIntake:
         handler = state.handler
         generation = self._progress.generation(tp)
         good: list[tuple[Any, Any]] = []
+        state.backpressure.add(len(messages))
         for msg in messages:
             generation = self._progress.track(tp, msg.offset)
-            state.backpressure.add(1)
             try:
                 good.append((msg, handler.decode(msg.value if msg.value is not None else b"")))
             except DecodeError as err:

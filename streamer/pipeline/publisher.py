@@ -117,7 +117,7 @@ class Publisher:
         e2e = self._metrics.e2e_latency.labels(state.name)
         for row in rows:
             e2e.observe(max(0.0, now_wall - row.source_ts_ms / 1000.0))
-            self._progress.done(state, row.tp, row.offset, row.generation)
+        self._progress.done_rows(state, rows)
         self._metrics.results_out.labels(state.name).inc(len(rows))
 
     async def send_until_acked(self, topic: str, records: Sequence[Record], route: str) -> bool:

@@ -86,6 +86,18 @@ class Progress:
             self.on_track(tp, offset, generation)
         return generation
 
+    def done_rows(self, state: RouteState, rows: Iterable[Any]) -> None:
+        """A batch's results are acknowledged: `done` for each row, with one release and one
+        `on_done` for the batch (per-record pause/resume checks cost more than the rest)."""
+        n = 0
+        watermark, current = self.watermark, self._generation
+        for row in rows:
+            n += 1
+            if current.get(row.tp, 0) == row.generation:
+                watermark.done(row.tp, row.offset)
+        state.backpressure.remove(n)
+        self.on_done()
+
     def done(self, state: RouteState, tp: Hashable, offset: int, generation: int) -> None:
         """A record's result or dead letter is acknowledged: release it, maybe advance."""
         state.backpressure.remove(1)
