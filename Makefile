@@ -118,6 +118,10 @@ bench: venv ## Full side-by-side benchmark
 bench-profile: venv ## Where the service's CPU goes at a fixed load (py-spy; PROFILE_ARGS="--path intent --rate 200")
 	$(PY) -m streamer.bench.profile $(PROFILE_ARGS)
 
+.PHONY: bench-replay
+bench-replay: venv ## Live intent P99 with and without a replay beside it, one run (REPLAY_AB_ARGS="--rate 50")
+	$(PY) -m streamer.bench.replay_ab $(REPLAY_AB_ARGS)
+
 .PHONY: bench-gpu
 bench-gpu: ## GPU machine: offline wheels, cuda compile, Tansu broker, GPU profile (see BENCHMARKS.md)
 	bash streamer/bench/gpu.sh

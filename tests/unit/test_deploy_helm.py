@@ -350,3 +350,20 @@ def test_the_chart_refuses_settings_that_cannot_work(values: list[str], reason: 
     out = helm("template", "streamer", str(CHART), "--kube-version", KUBE_VERSION, *values)
     assert out.returncode != 0
     assert reason in out.stderr
+
+
+def test_the_replay_job_is_valid_and_runs_a_resumable_replay() -> None:
+    """deploy/replay/job.yaml: a valid Job whose pods run `streamer replay` with one replay id
+    (they split the partitions) and resume after a restart (OnFailure)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "replay" / "job.yaml"
+    (job,) = list(yaml.safe_load_all(path.read_text()))
+    validate(job)
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"][0] == "replay"
+    assert sum(a.startswith("--replay-id=") for a in container["args"]) == 1
+    assert spec["restartPolicy"] == "OnFailure"
+    assert job["spec"]["parallelism"] == job["spec"]["completions"]
+    assert spec["terminationGracePeriodSeconds"] > 60  # above the replay's drain
