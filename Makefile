@@ -68,7 +68,7 @@ fmt: venv ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix streamer compile tests
 
 .PHONY: soak
-soak: venv ## Soak (not in CI): SOAK_EVENTS (1,000,000) through both routes, tiny model; RSS slope, fds, /dev/shm (~35 min here)
+soak: venv ## Soak (not in CI): SOAK_EVENTS (1,000,000) through both routes, tiny model; RSS slope, fds, /dev/shm (~31 min here)
 	STREAMER_SOAK_EVENTS=$(SOAK_EVENTS) $(PY) -m pytest tests/integration/test_soak.py -s -q $(PYTEST_ARGS)
 
 SOAK_EVENTS ?= 1000000
