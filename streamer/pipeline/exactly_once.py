@@ -130,6 +130,7 @@ class TransactionalPublisher(Publisher):
         self._control: PartitionControl | None = None
         self._txns: dict[Hashable, PartitionTxn] = {}
         self._lifecycle: dict[Hashable, asyncio.Task[None]] = {}  # opening or rewinding, per tp
+        self._committing: dict[asyncio.Task[None], PartitionTxn] = {}  # commit_loop's, running
         progress.on_track = self._track
 
     def bind(self, control: PartitionControl) -> None:
@@ -217,9 +218,25 @@ class TransactionalPublisher(Publisher):
         if txns:
             await asyncio.gather(*(self._commit_one(txn) for txn in txns))
 
+    async def commit_loop(self, interval_s: float) -> None:
+        """Every interval, commit each partition's open transaction on its own: a partition
+        whose commit is slow (a broker away) holds back neither the others nor the next tick."""
+        while not self._flags.stopping.is_set():
+            await asyncio.sleep(interval_s)
+            busy = {id(txn) for txn in self._committing.values()}
+            for txn in list(self._txns.values()):
+                if txn.has_open_transaction and id(txn) not in busy:
+                    task = asyncio.create_task(self._commit_one(txn))
+                    self._committing[task] = txn  # also keeps the task referenced
+                    task.add_done_callback(self._committing.pop)
+
     async def _commit_one(self, txn: PartitionTxn) -> None:
         t0 = time.monotonic()
-        visible = await txn.commit()
+        try:
+            visible = await txn.commit()
+        except Exception as exc:  # pragma: no cover - commit() turns failures into fail()
+            txn.fail(exc)
+            return
         if visible is None:
             return
         self._metrics.transaction_commit.observe(time.monotonic() - t0)

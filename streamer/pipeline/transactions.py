@@ -115,13 +115,21 @@ class PartitionTxn:
         """Drop held outcomes (settled), abort an open transaction if asked and possible, stop."""
         for outcome in self._order.reset():
             outcome.done()
-        if self.failed is None:
+        healthy = self.failed is None
+        if healthy:
             self.failed = RuntimeError("closed")
-            if abort and self._open:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        asyncio.shield(self._producer.abort_transaction()), self._timeout_s
-                    )
+        if healthy and abort and self._open:
+            # Not in the middle of a release or a commit (the lock), and bounded.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._lock.acquire(), self._timeout_s)
+                try:
+                    if self._open:
+                        await asyncio.wait_for(
+                            asyncio.shield(self._producer.abort_transaction()), self._timeout_s
+                        )
+                        self._open = False
+                finally:
+                    self._lock.release()
         stop = asyncio.ensure_future(self._producer.stop())
         stop.add_done_callback(_retrieve)  # a fenced producer's stop() raises ProducerFenced
         with contextlib.suppress(Exception):
@@ -200,8 +208,9 @@ class PartitionTxn:
             if self.failed is not None or not self._open:
                 return None
             point = self._order.point
-            assert point is not None, "an open transaction has released outcomes"
             try:
+                if point is None:  # an open transaction has released outcomes: never here
+                    raise RuntimeError("open transaction without a released offset")
                 await asyncio.wait_for(self._commit(point), timeout=self._timeout_s)
             except BaseException as exc:
                 self.fail(exc)

@@ -18,8 +18,10 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streamer.kafka.probe import run_in_fresh_loop
@@ -52,8 +54,23 @@ def _queries(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
+LONG = " ".join(f"braided nylon usb-c cable {w} with aluminium connectors" for w in range(40))
+
+
 def _pairs(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
-    return [(f"{prefix}{i}".encode(), pair_event(f"{prefix}{i}", i)) for i in range(n)]
+    """Pairs of mixed length: every third has a long description, so it is batched in a longer
+    sequence bucket and completes out of order with the short pairs fetched around it."""
+    out = []
+    for i in range(n):
+        eid = f"{prefix}{i}"
+        if i % 3:
+            out.append((eid.encode(), pair_event(eid, i)))
+            continue
+        doc = orjson.loads(pair_event(eid, i))
+        doc["left"]["description"] = LONG
+        doc["right"]["description"] = LONG
+        out.append((eid.encode(), orjson.dumps(doc)))
+    return out
 
 
 def _ids(records: list[tuple[bytes, bytes]]) -> set[str]:
@@ -78,6 +95,25 @@ async def _committed_and_all(
     )
     everything = await collect(bootstrap, topic, expected, 30, settle_s=1)
     return committed, everything
+
+
+def _route_metric(svc: ServiceProcess, name: str, route: str) -> float:
+    """One route's sample of a metric (0 when absent)."""
+    _, text = svc.http("/metrics")
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{route="{route}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _until(
+    predicate: Callable[[], bool], svc: ServiceProcess, timeout_s: float = 120
+) -> None:
+    """Poll (off the event loop: the metric read blocks) until predicate() holds."""
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < deadline, "never reached:\n" + svc.log_tail()
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -160,26 +196,38 @@ async def test_worker_sigkill_exactly_once(kafka_bootstrap, service_factory):
 
 
 async def test_service_sigkill_and_restart_exactly_once(kafka_bootstrap, service_factory):
-    """SIGKILL the service mid-stream (open transactions left behind) and start it again: the
-    new instance's producers abort them; none missing, none twice."""
+    """SIGKILL the service mid-stream on both routes (pairs complete out of order; open
+    transactions are left behind) and start it again: the new instance's producers abort
+    them; none missing, none twice."""
     topics = await create_topics(kafka_bootstrap, partitions=2)
-    svc = service_factory(topics, name="first", routes="intent")
-    queries = _queries("r", 5_000)
-    producing = asyncio.create_task(produce(kafka_bootstrap, topics.queries, queries, rate=1_500))
-    await asyncio.sleep(1.5)
-    svc.signal(signal.SIGKILL)
-    svc.wait(10)
-    await producing
-    second = service_factory(topics, name="second", routes="intent")
-    committed, everything = await _committed_and_all(kafka_bootstrap, topics.intents, _ids(queries))
-    figures = _figures(_ids(queries), committed)
-    print(
-        f"exactly-once, service SIGKILL + restart: {figures}; read_uncommitted sees "
-        f"{sum(everything.values())} records ({sum(c - 1 for c in everything.values())} "
-        "beyond one per id: aborted)"
+    # Long pairs wait in their own bucket's batch (up to 1 s) while short ones complete: at
+    # almost any instant some results are ready above an offset still in the model.
+    ooo = {"STREAMER_DUPLICATE_MAX_LINGER_MS": "1000", "STREAMER_DUPLICATE_MAX_BATCH": "32"}
+    first = service_factory(topics, name="first", extra_env=ooo)
+    queries, pairs = _queries("r", 5_000), _pairs("rp", 1_500)
+    producing = asyncio.gather(
+        produce(kafka_bootstrap, topics.queries, queries, rate=1_500),
+        produce(kafka_bootstrap, topics.pairs, pairs, rate=450),
     )
-    assert figures["missing"] == 0, second.log_tail()
-    assert figures["duplicates"] == 0
+    # Mid-stream on both routes: pairs committed (long and short ones out of order), more
+    # results released into open transactions.
+    await _until(
+        lambda: _route_metric(first, "streamer_results_out_total", "duplicate") >= 300, first
+    )
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    await producing
+    second = service_factory(topics, name="second", extra_env=ooo)
+    q_committed, q_all = await _committed_and_all(kafka_bootstrap, topics.intents, _ids(queries))
+    p_committed, p_all = await _committed_and_all(kafka_bootstrap, topics.duplicates, _ids(pairs))
+    q, p = _figures(_ids(queries), q_committed), _figures(_ids(pairs), p_committed)
+    aborted = sum(c - 1 for c in q_all.values()) + sum(c - 1 for c in p_all.values())
+    print(
+        f"exactly-once, service SIGKILL + restart: queries {q}, pairs {p}; read_uncommitted "
+        f"sees {aborted} records beyond one per id (aborted)"
+    )
+    assert q["missing"] == 0 and p["missing"] == 0, second.log_tail()
+    assert q["duplicates"] == 0 and p["duplicates"] == 0
 
 
 async def test_rebalance_two_instances_exactly_once(kafka_bootstrap, service_factory):

@@ -452,3 +452,45 @@ async def test_a_missing_transactional_id_acl_stops_the_service() -> None:
     await publisher.partitions_assigned({Q0})
     assert flags.exit_code == 1 and flags.stopping.is_set()
     assert ("release", Q0) not in control.calls
+
+
+async def test_a_slow_commit_holds_back_neither_other_partitions_nor_the_next_tick() -> None:
+    """Each partition commits on its own: one whose EndTxn hangs (its broker away) does not
+    keep the others' transactions open towards their timeout."""
+    broker = FakeBroker()
+    q1 = _TP("q", 1)
+    hang = asyncio.Event()
+
+    class Hanging(FakeTxnProducer):
+        async def commit_transaction(self) -> None:
+            await hang.wait()
+            await super().commit_transaction()
+
+    def factory(tid: str) -> FakeTxnProducer:
+        return (Hanging if tid.endswith("-0") else FakeTxnProducer)(broker, tid)
+
+    flags = StopFlags()
+    publisher = TransactionalPublisher(
+        factory, Progress(), Metrics(), flags, dlq_topic="dlq", group_id=GROUP, timeout_s=30.0,
+        retry_backoff_s=0.0,
+    )  # fmt: skip
+    publisher.bind(FakeControl([Q0, q1]))
+    progress = publisher._progress
+    progress.assigned([Q0, q1])
+    await publisher.partitions_assigned({Q0, q1})
+    state = _state()
+    loop = asyncio.create_task(publisher.commit_loop(0.01))
+    for round_ in range(3):
+        for tp in (Q0, q1):
+            state.backpressure.add(1)
+            generation = progress.track(tp, round_)
+            publisher.dead_letter_message(
+                state, tp, generation, _message(round_), ErrorCode.NOT_JSON, "bad"
+            )
+        await _wait(lambda r=round_: broker.committed.get((GROUP, q1)) == r + 1)
+    assert (GROUP, Q0) not in broker.committed  # still hanging in its first commit
+    hang.set()
+    await _wait(lambda: broker.committed.get((GROUP, Q0)) == 3)
+    flags.request_stop()
+    await loop
+    await publisher.close()
