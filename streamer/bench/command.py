@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, help="output dir (default bench-results/<date>)")
     parser.add_argument("--step-s", type=float, help="seconds per load step")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="failing ramp steps tolerated before a ramp ends (a noisy shared machine: "
+        "every contender then runs the same offered rates); default per profile",
+    )
     parser.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
     parser.add_argument(
         "--force-artifact",
@@ -96,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = args.out or REPO_ROOT / "bench-results" / time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     overrides: dict[str, object] = {"step_s": args.step_s} if args.step_s else {}
+    if args.patience is not None:
+        overrides["patience"] = args.patience
     if args.routes:
         overrides["routes"] = tuple(p for p in args.routes.split(",") if p)
     if args.emulate:
