@@ -12,6 +12,7 @@ next owner (never lost, possibly redone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -77,6 +78,7 @@ class KafkaIntake:
         # Partitions held by exactly-once until their producer is up and the consumer has
         # re-read their committed offset; backpressure never resumes them (`hold`, `release`).
         self._unready: set[Any] = set()
+        self._room = asyncio.Event()  # set when a held route opens or partitions arrive
         progress.on_done = self.apply_backpressure
 
     @property
@@ -95,8 +97,17 @@ class KafkaIntake:
     async def fetch_loop(self) -> None:
         """Fetch until stopping; each chunk is ingested, then due batches run."""
         while not self._flags.stopping.is_set():
+            partitions = self.open_partitions(self._consumer.assignment())
+            if not partitions:
+                # Every route is at its bound (or nothing is assigned yet): wait for room.
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=0.1)
+                continue
             try:
-                fetched = await self._consumer.getmany(timeout_ms=100, max_records=self.room())
+                fetched = await self._consumer.getmany(
+                    *partitions, timeout_ms=100, max_records=self.room()
+                )
             except KafkaError as exc:
                 log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
                 await asyncio.sleep(0.5)
@@ -112,21 +123,29 @@ class KafkaIntake:
             self._runner.after_fetch(now)
             self.apply_backpressure()
 
+    def open_partitions(self, candidates: Iterable[Any]) -> list[Any]:
+        """The candidates whose route is not held by backpressure (nor by exactly-once)."""
+        return [
+            tp
+            for tp in candidates
+            if tp not in self._unready
+            and (state := self._by_topic.get(tp.topic)) is not None
+            and not state.backpressure.paused
+        ]
+
     def room(self) -> int:
-        """Records one fetch may take: never more than the tightest route has room for.
+        """Records one fetch may take: never more than the tightest open route has room for.
 
         This makes the high watermark a hard bound on in-flight records, not a hint that one
-        large fetch could overshoot by max_poll_records. A paused route counts with the room it
-        will have when it resumes (high - low): completions resume it (`progress.on_done`)
-        while the fetch is in flight, and its partitions then deliver into this same fetch.
-        Leaving paused routes out let one route's records fill another route's room: intents
-        reached 200 in flight against a bound of 16 beside the pair route (found by
-        tests/integration/test_faults.py).
+        large fetch could overshoot by max_poll_records. A fetch asks only for the partitions
+        of open routes (`open_partitions`), so a held route's records cannot fill another
+        route's room (they reached 200 in flight against a bound of 16 beside the pair route
+        when one fetch served every partition: tests/integration/test_faults.py).
         """
         rooms = [
-            s.backpressure.high
-            - (s.backpressure.low if s.backpressure.paused else s.backpressure.inflight)
+            s.backpressure.high - s.backpressure.inflight
             for s in self.routes.values()
+            if not s.backpressure.paused
         ]
         room = min(rooms) if rooms else 1
         return max(1, min(self._max_poll_records, room))
@@ -177,20 +196,25 @@ class KafkaIntake:
 
     # ------------------------------------------------------------------ backpressure
     def apply_backpressure(self) -> None:
-        """Pause above the high mark, resume below the low one; never linger while paused."""
+        """Hold a route above the high mark, open it below the low one; never linger while held.
+
+        Holding is not the consumer's pause(): aiokafka drops a paused partition's prefetched
+        records and fetches them again on resume, so every pause/resume cycle re-read and
+        re-parsed them and left the workers idle for the round trip. A held route's partitions
+        are simply not asked for (`open_partitions`); what the fetcher already has for them
+        (at most one fetch response per partition, `max_partition_fetch_bytes`) stays buffered
+        and is handed over the moment the route opens.
+        """
         for state in self.routes.values():
             action = state.backpressure.decide()
             if action is Action.PAUSE:
-                tps = [
-                    tp
-                    for tp in self._consumer.assignment()
+                state.paused.update(
+                    tp for tp in self._consumer.assignment()
                     if tp.topic == state.handler.source_topic
-                ]
-                self._consumer.pause(*tps)
-                state.paused.update(tps)
+                )  # fmt: skip
             elif action is Action.RESUME:
-                self._consumer.resume(*(state.paused - self._unready))
                 state.paused.clear()
+                self._room.set()
             if state.backpressure.paused:
                 # No record can arrive until work completes: lingering only idles the workers.
                 self._runner.flush(state, time.monotonic())
@@ -204,8 +228,8 @@ class KafkaIntake:
         for tp in assigned:
             state = self._by_topic.get(tp.topic)
             if state is not None and state.backpressure.paused:
-                self._consumer.pause(tp)
                 state.paused.add(tp)
+        self._room.set()
         log.info("assigned", extra={"event": "assigned", "partitions": tp_names(assigned)})
 
     async def set_up_assigned(self, assigned: set[Any]) -> None:
@@ -243,14 +267,16 @@ class KafkaIntake:
         self._consumer.pause(*held)
 
     def release(self, tps: Iterable[Any]) -> None:
-        """Fetch these partitions again, unless their route is paused by backpressure."""
+        """Fetch these partitions again (once their route has room: backpressure holds routes
+        without pausing the consumer)."""
         for tp in tps:
             self._unready.discard(tp)
             state = self._by_topic.get(tp.topic)
             if state is not None and state.backpressure.paused:
-                state.paused.add(tp)  # resumed with the route
-            elif self.owns(tp):
+                state.paused.add(tp)  # opens with the route
+            if self.owns(tp):
                 self._consumer.resume(tp)
+        self._room.set()
 
     async def reposition(self, tps: Iterable[Any]) -> None:
         """Seek to the committed offset as the broker has it now (the start when none)."""

@@ -229,10 +229,12 @@ async def test_two_processes_of_one_replay_split_its_partitions(
     kafka_bootstrap: str, tiny_cpu_artifact: Path
 ) -> None:
     topics = await _topics_with_outputs(kafka_bootstrap, partitions=4)
-    n = 400
+    n = 600
     records = [(i % 4, f"s{i}", BASE_MS + i) for i in range(n)]
     await _send(kafka_bootstrap, topics.queries, records)
-    argv = _argv(tiny_cpu_artifact, "split", "--rate", "60", "--max-in-flight", "16")
+    # 30/s per process: alone, one process would need 20 s, time for the other to join even
+    # on a loaded machine (both must take a share).
+    argv = _argv(tiny_cpu_artifact, "split", "--rate", "30", "--max-in-flight", "16")
     procs = [
         subprocess.Popen(
             argv,

@@ -1,9 +1,9 @@
-"""The fetch bound: one fetch never takes more than any route can hold, paused ones included.
+"""The fetch bound: one fetch never takes more than any route it asks for can hold.
 
-Regression: a paused route used to be left out of the bound, so a fetch sized by another
-route's room (200 pairs) could, when completions resumed the paused route while the fetch was in
-flight, bring 200 queries into the intent route bounded at 16 (tests/integration/test_faults.py
-saw 168 in flight).
+Regression: when one fetch served every partition, a fetch sized by another route's room (200
+pairs) could, when completions reopened the held intent route while the fetch was in flight,
+bring 200 queries into the intent route bounded at 16 (tests/integration/test_faults.py saw 168
+in flight). A fetch now asks only for the partitions of open routes.
 """
 
 from __future__ import annotations
@@ -27,17 +27,24 @@ def test_room_is_the_tightest_route() -> None:
     assert KafkaIntake.room(_intake(intent=intent, duplicate=pairs)) == 6  # type: ignore[arg-type]
 
 
-def test_a_paused_route_still_bounds_the_fetch_by_its_room_at_resume() -> None:
+def test_a_held_route_is_not_fetched_and_does_not_size_the_fetch() -> None:
     intent, pairs = Backpressure(high=16, low=8), Backpressure(high=200, low=100)
     intent.add(16)
-    intent.decide()  # pauses
+    intent.decide()  # held
     assert intent.paused
-    room = KafkaIntake.room(_intake(intent=intent, duplicate=pairs))  # type: ignore[arg-type]
-    # It may resume mid-fetch at <= low in flight; whatever the fetch brings must still fit.
-    assert room == intent.high - intent.low
+    fake = _intake(intent=intent, duplicate=pairs)
+    fake._by_topic = {"q": fake.routes["intent"], "p": fake.routes["duplicate"]}
+    fake._unready = set()
+    from aiokafka import TopicPartition
+
+    tps = [TopicPartition("q", 0), TopicPartition("p", 0)]
+    asked = KafkaIntake.open_partitions(fake, tps)  # type: ignore[arg-type]
+    assert [tp.topic for tp in asked] == ["p"]  # whatever this fetch brings is pairs
+    assert KafkaIntake.room(fake) == pairs.high  # type: ignore[arg-type]
     intent.remove(16)
-    intent.decide()  # resumes at 0
-    assert intent.inflight + room <= intent.high
+    intent.decide()  # open again: its partitions are asked for, within its own room
+    assert [tp.topic for tp in KafkaIntake.open_partitions(fake, tps)] == ["q", "p"]  # type: ignore[arg-type]
+    assert KafkaIntake.room(fake) == intent.high  # type: ignore[arg-type]
 
 
 def test_room_never_below_one_nor_above_max_poll_records() -> None:
