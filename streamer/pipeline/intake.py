@@ -100,17 +100,10 @@ class KafkaIntake:
             partitions = self.open_partitions(self._consumer.assignment())
             if not partitions:
                 # Every route is at its bound (or nothing is assigned yet): wait for room.
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), timeout=0.1)
+                await self.wait_for_room()
                 continue
-            try:
-                fetched = await self._consumer.getmany(
-                    *partitions, timeout_ms=100, max_records=self.room()
-                )
-            except KafkaError as exc:
-                log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
-                await asyncio.sleep(0.5)
+            fetched = await self.fetch(partitions, self.room())
+            if fetched is None:
                 continue
             if self._flags.stopping.is_set():
                 # Fetched after the stop: not tracked, not committed; the next owner reads them.
@@ -122,6 +115,23 @@ class KafkaIntake:
                     self.ingest(state, tp, messages, now)
             self._runner.after_fetch(now)
             self.apply_backpressure()
+
+    async def wait_for_room(self, timeout_s: float = 0.1) -> None:
+        """Until a held route opens or partitions arrive (or the timeout: re-check)."""
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), timeout=timeout_s)
+
+    async def fetch(self, partitions: list[Any], max_records: int) -> dict[Any, list[Any]] | None:
+        """One bounded fetch of these partitions; None after a client error (logged, backed off)."""
+        try:
+            return dict(
+                await self._consumer.getmany(*partitions, timeout_ms=100, max_records=max_records)
+            )
+        except KafkaError as exc:
+            log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
+            await asyncio.sleep(0.5)
+            return None
 
     def open_partitions(self, candidates: Iterable[Any]) -> list[Any]:
         """The candidates whose route is not held by backpressure (nor by exactly-once)."""

@@ -11,7 +11,6 @@ commits the last prefix: the replay exits on its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -118,18 +117,10 @@ class BoundedIntake(KafkaIntake):
                 continue
             readable = self.open_partitions(active)
             if not readable:  # the route is at its in-flight bound: wait for room
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), timeout=0.1)
+                await self.wait_for_room()
                 continue
-            allowed = await self._throttle.take(self.room())
-            try:
-                fetched = await self._consumer.getmany(
-                    *readable, timeout_ms=100, max_records=allowed
-                )
-            except KafkaError as exc:
-                log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
-                await asyncio.sleep(0.5)
+            fetched = await self.fetch(readable, await self._throttle.take(self.room()))
+            if fetched is None:
                 continue
             now = time.monotonic()
             for tp, messages in fetched.items():
