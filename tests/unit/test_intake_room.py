@@ -1,50 +1,48 @@
-"""The fetch bound: one fetch never takes more than any route it asks for can hold.
+"""The fetch bound: one fetch takes records only from routes with room, never more than the
+tightest of them has.
 
-Regression: when one fetch served every partition, a fetch sized by another route's room (200
-pairs) could, when completions reopened the held intent route while the fetch was in flight,
-bring 200 queries into the intent route bounded at 16 (tests/integration/test_faults.py saw 168
-in flight). A fetch now asks only for the partitions of open routes.
+Regression: one fetch used to serve every partition, sized by the open routes' room; a route
+held by backpressure that completions re-opened while the fetch was in flight then received
+up to another route's room (intents reached 168-200 in flight against a bound of 16 beside the
+pair route: tests/integration/test_faults.py). A fetch now asks only for the partitions of
+routes that are open when it starts.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+from aiokafka import TopicPartition
+
 from streamer.pipeline.backpressure import Backpressure
 from streamer.pipeline.intake import KafkaIntake
 
 
 def _intake(**routes: Backpressure) -> SimpleNamespace:
+    states = {name: SimpleNamespace(backpressure=bp) for name, bp in routes.items()}
     return SimpleNamespace(
-        routes={name: SimpleNamespace(backpressure=bp) for name, bp in routes.items()},
+        routes=states,
+        _by_topic={f"{name}-topic": state for name, state in states.items()},
+        _unready=set(),
         _max_poll_records=1024,
     )
 
 
-def test_room_is_the_tightest_route() -> None:
+def test_room_is_the_tightest_open_route() -> None:
     intent, pairs = Backpressure(high=16, low=8), Backpressure(high=200, low=100)
     intent.add(10)
     assert KafkaIntake.room(_intake(intent=intent, duplicate=pairs)) == 6  # type: ignore[arg-type]
 
 
-def test_a_held_route_is_not_fetched_and_does_not_size_the_fetch() -> None:
+def test_a_held_route_gets_no_records_from_a_fetch_sized_by_another() -> None:
     intent, pairs = Backpressure(high=16, low=8), Backpressure(high=200, low=100)
     intent.add(16)
     intent.decide()  # held
-    assert intent.paused
-    fake = _intake(intent=intent, duplicate=pairs)
-    fake._by_topic = {"q": fake.routes["intent"], "p": fake.routes["duplicate"]}
-    fake._unready = set()
-    from aiokafka import TopicPartition
-
-    tps = [TopicPartition("q", 0), TopicPartition("p", 0)]
-    asked = KafkaIntake.open_partitions(fake, tps)  # type: ignore[arg-type]
-    assert [tp.topic for tp in asked] == ["p"]  # whatever this fetch brings is pairs
-    assert KafkaIntake.room(fake) == pairs.high  # type: ignore[arg-type]
-    intent.remove(16)
-    intent.decide()  # open again: its partitions are asked for, within its own room
-    assert [tp.topic for tp in KafkaIntake.open_partitions(fake, tps)] == ["q", "p"]  # type: ignore[arg-type]
-    assert KafkaIntake.room(fake) == intent.high  # type: ignore[arg-type]
+    intake = _intake(intent=intent, duplicate=pairs)
+    tps = [TopicPartition(f"{name}-topic", p) for name in ("intent", "duplicate") for p in (0, 1)]
+    fetched = KafkaIntake.open_partitions(intake, tps)  # type: ignore[arg-type]
+    assert {tp.topic for tp in fetched} == {"duplicate-topic"}
+    assert KafkaIntake.room(intake) == 200  # type: ignore[arg-type]
 
 
 def test_room_never_below_one_nor_above_max_poll_records() -> None:
