@@ -236,7 +236,12 @@ def contender_command(
             env["STREAMER_EMULATE"] = cfg.emulate
         env.update(cfg.variants.get(name.removeprefix("streamer-"), {}))
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        return [sys.executable, "-m", "streamer", "run"], env, port
+        variant = cfg.variants.get(name.removeprefix("streamer-"), {})
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: a
+        # variant running another source tree would silently import this one. -P (3.11+)
+        # leaves the working directory out.
+        isolate = ["-P"] if "PYTHONPATH" in variant else []
+        return [sys.executable, *isolate, "-m", "streamer", "run"], env, port
     module = {"naive": "naive", "peer": "peer", "passthrough": "passthrough"}[name]
     argv = [
         sys.executable,

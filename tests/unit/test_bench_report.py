@@ -177,8 +177,11 @@ def test_a_variant_can_run_another_source_tree(tmp_path: Path) -> None:
     label, env = parse_variant("before:PYTHONPATH=/tmp/before")
     cfg = BenchConfig.preset("quick", tmp_path, tmp_path, variants={label: env})
     topics = Topics.fresh("r", "streamer-before", "duplicate")
-    _, got, _ = contender_command("streamer-before", cfg, "127.0.0.1:9", "duplicate", topics, "g")
+    argv, got, _ = contender_command(
+        "streamer-before", cfg, "127.0.0.1:9", "duplicate", topics, "g"
+    )
     assert got["PYTHONPATH"] == "/tmp/before"
+    assert argv[1] == "-P"  # or the working directory's tree would shadow PYTHONPATH
     # An older tree reads the route under its old name.
     assert got["STREAMER_ROUTES"] == got["STREAMER_PATHS"] == "duplicate"
 
