@@ -247,10 +247,16 @@ async def test_two_processes_of_one_replay_split_its_partitions(
         for _ in range(2)
     ]
     outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(json.loads(out.splitlines()[-1])["summary"])
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(json.loads(out.splitlines()[-1])["summary"])
+    finally:
+        for p in procs:  # a failed or timed-out test leaves no replay running
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
     read = [o["records_read"] for o in outs]
     seen: Counter[str] = await collect(
         kafka_bootstrap, topics.intents + ".replay", {e for _, e, _ in records}, 60
