@@ -95,6 +95,11 @@ topics: venv ## Create the five topics on the configured broker (idempotent)
 model: venv ## Train the multi-task model on ../shared/data into artifacts/
 	$(PY) -m streamer.training.train
 
+.PHONY: ship-model
+ship-model: ## Make a trained artifact the model a clone serves (ARTIFACT=artifacts/<name>-<version>)
+	@test -n "$(ARTIFACT)" && test -f "$(ARTIFACT)/eval.json" || { echo "ARTIFACT=<trained artifact with eval.json>" >&2; exit 1; }
+	$(PY) -m streamer.training.ship $(ARTIFACT)
+
 .PHONY: compile-cpu
 compile-cpu: venv ## Compile the newest trained artifact (artifacts/*/eval.json) for the cpu target
 	@art=$$(for d in $$(ls -td artifacts/*/ 2>/dev/null); do \
