@@ -296,6 +296,9 @@ class TransactionalPublisher(Publisher):
         """Start tp's producer, re-read its committed offset, release it; retries until it
         works, tp is revoked, or the service stops."""
         control = self.control
+        stale = self._txns.pop(tp, None)  # assigned again without a revocation: never leak one
+        if stale is not None:
+            await stale.close(abort=True)
         while not self._flags.stopping.is_set() and control.owns(tp):
             txn = PartitionTxn(
                 tp,
