@@ -36,14 +36,22 @@ async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
 
     info = (await describe_topics(bootstrap, [topic]))[topic]
     partitions = [TopicPartition(topic, p) for p in sorted(info.leaders)]
+    # auto_offset_reset="earliest" and explicit seeks: seek_to_beginning() only schedules a
+    # reset, and with the default "latest" the fetcher's own reset can win the race, which
+    # left every position at the end and the demo's answer tables empty.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
     )
     await consumer.start()
     try:
         consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
         values: list[bytes] = []
         while True:
             positions = {tp: await consumer.position(tp) for tp in partitions}
