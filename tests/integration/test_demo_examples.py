@@ -33,7 +33,9 @@ async def test_read_topic_returns_every_record_of_every_partition(
         assert sorted(values) == sorted(b"v%d" % i for i in range(40))
 
 
-async def test_pair_answers_join_results_to_their_events(kafka_bootstrap: str, topic_factory) -> None:
+async def test_pair_answers_join_results_to_their_events(
+    kafka_bootstrap: str, topic_factory
+) -> None:
     pairs_topic = await topic_factory(partitions=2, prefix="demo-pairs")
     results_topic = await topic_factory(partitions=2, prefix="demo-dups")
     factory = EventFactory("pair")
@@ -47,7 +49,8 @@ async def test_pair_answers_join_results_to_their_events(kafka_bootstrap: str, t
     finally:
         await producer.stop()
     answers = pick_pairs(
-        await read_topic(kafka_bootstrap, results_topic), await read_topic(kafka_bootstrap, pairs_topic)
+        await read_topic(kafka_bootstrap, results_topic),
+        await read_topic(kafka_bootstrap, pairs_topic),
     )
     assert [a.score for a in answers] == [0.5, 0.4, 0.0, 0.1, 0.2, 0.3]
     assert all(a.left and a.right for a in answers)
