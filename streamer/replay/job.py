@@ -293,7 +293,7 @@ async def _observe_rate(service: Any, throttle: Throttle, intake: Any) -> None:
         await asyncio.sleep(1.0)
         now = time.monotonic()
         rate = (intake.records_read - last) / max(1e-6, now - last_t)
-        throttle.observed_rate = 0.7 * throttle.observed_rate + 0.3 * rate
+        throttle.observe(rate)
         last, last_t = intake.records_read, now
 
 

@@ -38,6 +38,13 @@ class Throttle:
         self._tokens = 0.0
         self._last = time.monotonic()
 
+    def observe(self, rate: float) -> None:
+        """The replay's throughput over the last second. Only a free-running second updates the
+        base: measured while throttled, it would shrink the base with the factor and drive the
+        replay down to the 1/s floor, from which +10% steps of nothing never recover."""
+        if self.factor >= 1.0:
+            self.observed_rate = 0.7 * self.observed_rate + 0.3 * rate
+
     def effective_rate(self) -> float | None:
         """Records per second allowed now; None = unlimited."""
         base = self.rate if self.rate else (self.observed_rate if self.factor < 1.0 else None)

@@ -179,5 +179,15 @@ def test_throttle_is_unlimited_without_a_rate_until_the_live_service_suffers() -
         got.append(await t.take(1000))
         return got
 
+    base = Throttle(None)
+    base.observe(400.0)
+    base.factor = 0.5
+    for _ in range(20):  # throttled seconds run at the throttled rate; they must not move the base
+        base.observe(base.effective_rate() or 0.0)
+    assert base.effective_rate() == pytest.approx(0.5 * 0.3 * 400.0)
+    base.factor = 1.0
+    base.observe(400.0)
+    assert base.observed_rate > 0.3 * 400.0
+
     first, second = asyncio.run(takes())
     assert 1 <= first <= 1000 and 1 <= second <= 200  # burst of at most 0.2 s of tokens
