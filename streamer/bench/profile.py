@@ -105,22 +105,33 @@ def fold(lines: list[str]) -> dict[str, Counter[str]]:
     return per_role
 
 
-def summary(per_role: dict[str, Counter[str]], title: str, rate_hz: int, seconds: float) -> str:
-    """Markdown: busy CPU seconds and share per stage, per process."""
+def summary(
+    per_role: dict[str, Counter[str]],
+    title: str,
+    rate_hz: int,
+    seconds: float,
+    events: float | None = None,
+) -> str:
+    """Markdown: busy CPU seconds and share per stage, per process (and µs per event if given)."""
     lines = [f"# {title}", ""]
+    n_events = events or 0.0
+    per_event = n_events > 0
     for role in sorted(per_role):
         samples = per_role[role]
         total = sum(samples.values())
-        lines += [
-            f"## {role} process: {total / rate_hz:.1f} busy CPU s sampled over {seconds:.0f} s "
-            f"({total / rate_hz / seconds:.0%} of one core)",
-            "",
-            "| stage | busy CPU s | share |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {n / rate_hz:.2f} | {n / total:.0%} |" for name, n in samples.most_common()
-        ]
+        header = f"## {role} process: {total / rate_hz:.1f} busy CPU s sampled over {seconds:.0f} s"
+        header += f" ({total / rate_hz / seconds:.0%} of one core"
+        header += f"; {total / rate_hz / n_events * 1e6:.0f} µs per event)" if per_event else ")"
+        lines += [header, ""]
+        if per_event:
+            lines += ["| stage | busy CPU s | share | µs per event |", "|---|---|---|---|"]
+        else:
+            lines += ["| stage | busy CPU s | share |", "|---|---|---|"]
+        for name, n in samples.most_common():
+            row = f"| {name} | {n / rate_hz:.2f} | {n / total:.0%} |"
+            if per_event:
+                row += f" {n / rate_hz / n_events * 1e6:.0f} |"
+            lines.append(row)
         lines.append("")
     return "\n".join(lines)
 
@@ -135,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--py-spy", help="py-spy executable")
     p.add_argument("--artifact", help="model to serve (default: the shipped one)")
     p.add_argument("--emulate", choices=["h200", "inf2"], help="serve on the EMULATED device")
+    p.add_argument(
+        "--service-tree",
+        type=Path,
+        help="run the service from another source tree (a before/after A/B of the host path)",
+    )
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
     py_spy = find_py_spy(a.py_spy)
@@ -175,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         topic = getattr(load_settings(), f"topic_{topic_key}")
         stacks = out / "stacks.txt"
         with (out / "service.log").open("wb") as log:
+            service_cmd, service_env = [py, "-m", "streamer", "run"], env
+            if a.service_tree:  # -P: this working directory's tree must not shadow the other
+                service_cmd = [py, "-P", "-m", "streamer", "run"]
+                service_env = {**env, "PYTHONPATH": str(a.service_tree.resolve())}
             service = subprocess.Popen(
-                [py, "-m", "streamer", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+                service_cmd, env=service_env, stdout=log, stderr=subprocess.STDOUT
             )
             try:
                 deadline = time.monotonic() + 180
@@ -219,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU profile: {a.route} route at {a.rate:g}/s offered for {a.seconds:g} s "
         f"({Path(artifact).name}"
         + (f", EMULATED {a.emulate} device" if a.emulate else "")
-        + f", py-spy {a.sample_rate} Hz, idle samples dropped)"
+        + (f", service from {a.service_tree}" if a.service_tree else "")
+        + f", py-spy {a.sample_rate} Hz, idle samples dropped; µs per offered event)"
     )
-    text = summary(per_role, title, a.sample_rate, a.seconds)
+    text = summary(per_role, title, a.sample_rate, a.seconds, events=a.rate * a.seconds)
     (out / "summary.md").write_text(text)
     print(text)
     print(f"wrote {out}")

@@ -57,3 +57,6 @@ def test_fold_splits_service_and_worker_by_the_innermost_process_frame() -> None
     text = summary(per_role, "t", rate_hz=10, seconds=3.0)
     assert "## worker process: 3.3 busy CPU s sampled over 3 s (110% of one core)" in text
     assert "| model / device | 3.00 | 91% |" in text
+    per_event = summary(per_role, "t", rate_hz=10, seconds=3.0, events=1000)
+    assert "(110% of one core; 3300 µs per event)" in per_event
+    assert "| model / device | 3.00 | 91% | 3000 |" in per_event
