@@ -90,7 +90,13 @@ def pick_intents(results: list[bytes], queries: list[bytes], n: int = 6) -> list
         if doc["intent"] not in labels:
             labels.add(doc["intent"])
             chosen.append((doc, query))
-    chosen += [a for a in answered if a not in chosen][: max(0, n - len(chosen))]
+    seen = {query for _, query in chosen}
+    for doc, query in answered:  # then the next most confident, each query once (the load
+        if len(chosen) >= n:  # generator repeats queries from a small sample)
+            break
+        if query not in seen:
+            seen.add(query)
+            chosen.append((doc, query))
     return [IntentExample(q, d["intent"], float(d["confidence"])) for d, q in chosen[:n]]
 
 
