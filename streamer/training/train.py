@@ -43,6 +43,7 @@ from streamer.model.artifact import (
     write_meta,
 )
 from streamer.model.buckets import DEFAULT_BUCKETS
+from streamer.model.hardware import cpu_description
 from streamer.model.network import BACKBONE_NAME, MultiTaskBert, backbone_dir, build_pretrained
 from streamer.model.serialize import SERIALIZATION
 from streamer.model.tasks import Task
@@ -365,25 +366,10 @@ def freeze_lower(model: MultiTaskBert, layers: int) -> None:
             p.requires_grad = False
 
 
-def cpu_description() -> dict[str, Any]:
-    """CPU model, core count and the instruction-set flags that decide CPU speed (Linux)."""
-    model_name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model_name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {
-        "model": model_name,
-        "cores": os.cpu_count(),
-        "flags": [f for f in wanted if f in flags],
-    }
+def training_machine() -> dict[str, Any]:
+    """The CPU's model and int8/bf16 flags (`streamer.model.hardware`, as compile records them)
+    and its core count, for the model card."""
+    return {**cpu_description(), "cores": os.cpu_count()}
 
 
 def process_seconds() -> float | None:
@@ -567,7 +553,7 @@ def train(args: argparse.Namespace) -> Path:
         "threads": args.threads or "adaptive",
         "thread_use": {"train": tuner.summary(), "eval": eval_tuner.summary()},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu": cpu_description(),
+        "cpu": training_machine(),
         "load_avg_1min": {
             "min": round(min(finite_loads), 2) if finite_loads else None,
             "mean": round(sum(finite_loads) / len(finite_loads), 2) if finite_loads else None,
