@@ -39,6 +39,7 @@ from streamer.bench.harness import (
     parse_variant,
     run_meta,
 )
+from streamer.bench.report import step_clock
 
 DRAIN_S = 10.0
 
@@ -116,17 +117,11 @@ async def _step(
         cfg, bootstrap, topics[label], factory, sinks[label], running[label], None, rate,
         duration_s, DRAIN_S, seed,
     )  # fmt: skip
-    if cfg.variants[label].get("STREAMER_DELIVERY") == "exactly-once":
-        step["clock"] = "observed"
     return step
 
 
-def _clock(step: dict[str, Any]) -> dict[str, Any]:
-    return step["sink"][step.get("clock", "broker")]
-
-
 def _line(step: dict[str, Any]) -> str:
-    c, o, s = _clock(step), step["sink"]["observed"], step["sink"]
+    c, o, s = step_clock(step), step["sink"]["observed"], step["sink"]
     return (
         f"  {step['variant']:>10} @ {step['offered_rate']:7.1f}/s (round {step['round']}): "
         f"p50 {c['p50_ms']:8.2f}  p99 {c['p99_ms']:8.2f} ms ({step.get('clock', 'broker')}; "
@@ -162,8 +157,8 @@ def report(results: dict[str, Any]) -> str:
             return statistics.median(get(s) for s in steps)
 
         lines.append(
-            f"| {variant} | {rate:g} | {len(steps)} | {med(lambda s: _clock(s)['p50_ms']):.1f} | "
-            f"{med(lambda s: _clock(s)['p99_ms']):.1f} | "
+            f"| {variant} | {rate:g} | {len(steps)} | {med(lambda s: step_clock(s)['p50_ms']):.1f} | "
+            f"{med(lambda s: step_clock(s)['p99_ms']):.1f} | "
             f"{med(lambda s: s['sink']['observed']['p99_ms']):.1f} | "
             f"{med(lambda s: s['sink']['throughput']):.1f} | "
             f"{sum(s['sink']['missing'] for s in steps)} | "

@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from streamer.bench.command import default_artifact
+    from streamer.bench.harness import service_argv
     from streamer.kafka.local_broker import LocalKafka, free_port
 
     artifact = default_artifact(a.artifact)
@@ -191,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         topic = getattr(load_settings(), f"topic_{topic_key}")
         stacks = out / "stacks.txt"
         with (out / "service.log").open("wb") as log:
-            service_cmd, service_env = [py, "-m", "streamer", "run"], env
-            if a.service_tree:  # -P: this working directory's tree must not shadow the other
-                service_cmd = [py, "-P", "-m", "streamer", "run"]
+            service_env = env
+            if a.service_tree:
                 service_env = {**env, "PYTHONPATH": str(a.service_tree.resolve())}
             service = subprocess.Popen(
-                service_cmd, env=service_env, stdout=log, stderr=subprocess.STDOUT
+                service_argv(other_tree=a.service_tree is not None),
+                env=service_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             try:
                 deadline = time.monotonic() + 180
