@@ -64,6 +64,12 @@ def _experiments() -> str:
     return "\n".join(lines).strip()
 
 
+def _layers_trained(freeze_layers: str) -> str:
+    if freeze_layers == "0":
+        return "every layer trained (`--freeze-layers 0`)"
+    return f"embeddings and the lowest {freeze_layers} layers frozen (`--freeze-layers {freeze_layers}`)"
+
+
 def render_model_card(meta: ModelMeta, metrics: dict[str, Any], backbone: str) -> str:
     """Markdown model card from the artifact metadata and eval.json content."""
     it = metrics["intent"]["test"]
@@ -143,7 +149,7 @@ table 4); Ditto fine-tunes RoBERTa-base (about 5x our parameters) for many epoch
   of the step plan (0 means the deterministic plan ran as written; above 0, the machine was slower
   than the plan and the time budget of {args.get("time_budget_min", "?")} min took over, so a rerun
   can differ).
-- Recipe: every layer trained (`--freeze-layers {args.get("freeze_layers", "?")}`), AdamW, backbone
+- Recipe: {_layers_trained(args.get("freeze_layers", "?"))}, AdamW, backbone
   LR {args.get("lr", "?")}, head LR {args.get("head_lr", "?")}, {args.get("warmup", "?")} warm-up then
   {args.get("schedule", "?")} decay; {args.get("epochs", "?")} epochs, each with every positive pair
   and a disjoint {args.get("negative_share", "?")} share of the negatives; pair batches of
