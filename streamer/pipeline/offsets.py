@@ -22,6 +22,9 @@ Decisions:
   dropped it, or a record is answered twice (result and DLQ after a partial failure).
 - ``mark_committed()`` on an unknown (revoked) partition is ignored for the same
   reason: a commit can complete after the revocation.
+- ``skip_to()`` declares offsets that will never be fetched as done: records the broker deleted
+  (retention, DeleteRecords) before they were read. Nothing can ever answer them, so the
+  commit may pass them once everything fetched below is done; the caller reports the loss.
 """
 
 from __future__ import annotations
@@ -88,6 +91,15 @@ class OffsetWatermark:
         while order and order[0] not in pending:
             order.popleft()
         return True
+
+    def skip_to(self, tp: Hashable, offset: int) -> None:
+        """Offsets below `offset` not tracked so far will never be fetched (deleted): treat
+        them as a gap, so the commit point can reach `offset` once what is pending is done."""
+        state = self._parts.get(tp)
+        if state is None:
+            state = self._parts[tp] = _PartitionState()
+        if state.last_tracked is None or offset - 1 > state.last_tracked:
+            state.last_tracked = offset - 1
 
     def commit_point(self, tp: Hashable) -> int | None:
         """Kafka commit offset for tp (next to consume); None if nothing was tracked."""

@@ -104,6 +104,34 @@ def test_forget_drops_state_and_late_acks() -> None:
     wm.forget(("never", 9))  # forgetting an unknown partition is a no-op
 
 
+def test_skip_to_passes_deleted_offsets_only_after_what_is_pending() -> None:
+    """Records 3..9 were deleted before they were read: the commit may reach 10, but not
+    before 2 (fetched, still in flight) is done; reading on from 10 ascends as usual."""
+    wm = OffsetWatermark()
+    for off in (0, 1, 2):
+        wm.track(TP, off)
+    wm.done(TP, 0)
+    wm.skip_to(TP, 10)
+    assert wm.commit_point(TP) == 1
+    wm.done(TP, 1)
+    wm.done(TP, 2)
+    assert wm.commit_point(TP) == 10
+    wm.skip_to(TP, 4)  # never backwards
+    assert wm.commit_point(TP) == 10
+    wm.track(TP, 10)
+    assert wm.commit_point(TP) == 10
+    with pytest.raises(ValueError):
+        wm.track(TP, 9)  # below the skipped range: a re-read, as for any other offset
+
+
+def test_skip_to_on_an_untracked_partition() -> None:
+    """Deleted from the very first offset this process would read: commit at the new start."""
+    wm = OffsetWatermark()
+    wm.skip_to(TP1, 40)
+    assert wm.commit_point(TP1) == 40
+    assert wm.advanced() == {TP1: 40}
+
+
 @st.composite
 def _offsets_and_order(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     gaps = draw(st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=60))
