@@ -50,17 +50,22 @@ def make_transactional_producer(settings: Settings, transactional_id: str) -> AI
     )
 
 
-def make_consumer(settings: Settings, *, group_id: str | None = "") -> AIOKafkaConsumer:
+def make_consumer(
+    settings: Settings, *, group_id: str | None = "", offset_reset: str = "earliest"
+) -> AIOKafkaConsumer:
     """Manual commits (the publisher commits acknowledged prefixes); a short fetch wait.
 
     read_committed: a transactional upstream's aborted records never reach the model.
     `group_id` overrides the settings' group (None: no group, partitions assigned by hand).
+    `offset_reset`: where a partition without a usable offset starts. The live service takes the
+    earliest record still there; the replay passes "none", so a position the broker no longer
+    has (records deleted by retention) is an error it accounts for instead of a silent jump.
     """
     return AIOKafkaConsumer(
         group_id=settings.group_id if group_id == "" else group_id,
         group_instance_id=settings.group_instance_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=offset_reset,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         fetch_min_bytes=1,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,

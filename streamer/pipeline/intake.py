@@ -47,6 +47,8 @@ class ConsumerLike(Protocol):
     async def committed(self, partition: Any) -> int | None: ...
     def seek(self, partition: Any, offset: int) -> None: ...
     async def seek_to_beginning(self, *partitions: Any) -> Any: ...
+    async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]: ...
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]: ...
 
 
 class KafkaIntake:
@@ -123,15 +125,19 @@ class KafkaIntake:
             await asyncio.wait_for(self._room.wait(), timeout=timeout_s)
 
     async def fetch(self, partitions: list[Any], max_records: int) -> dict[Any, list[Any]] | None:
-        """One bounded fetch of these partitions; None after a client error (logged, backed off)."""
+        """One bounded fetch of these partitions; None after a client error (`fetch_failed`)."""
         try:
             return dict(
                 await self._consumer.getmany(*partitions, timeout_ms=100, max_records=max_records)
             )
         except KafkaError as exc:
-            log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
-            await asyncio.sleep(0.5)
+            await self.fetch_failed(exc)
             return None
+
+    async def fetch_failed(self, exc: KafkaError) -> None:
+        """A fetch raised: log it and back off (the consumer retries from the same position)."""
+        log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
+        await asyncio.sleep(0.5)
 
     def open_partitions(self, candidates: Iterable[Any]) -> list[Any]:
         """The candidates whose route is not held by backpressure (nor by exactly-once)."""

@@ -9,7 +9,8 @@ stops there. The replay reads with its own consumer group (or a checkpoint file)
 service's, and ends by itself when every partition's position reaches its stop offset. Run it
 again with the same `--replay-id` to resume; several processes with one id split the partitions.
 Exit codes: 0 done, 1 interrupted (resumable), 2 bad request (nothing consumed or written),
-3 cannot start (broker, artifact).
+3 cannot start (broker, artifact), 4 done but part of the range was deleted by the broker before
+it was read (retention; the summary lists the offsets).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ async def _run(args: argparse.Namespace) -> int:
             f"replay {args.replay_id}: {outcome.records_read} records read, {outcome.results} "
             f"results, {outcome.dead_letters} dead letters in {outcome.seconds:.1f} s "
             f"({outcome.records_read / max(outcome.seconds, 1e-9):.0f}/s) with {outcome.model}; "
-            + ("done" if outcome.exit_code == 0 else "interrupted: run again to resume")
+            + _ending(outcome)
             + (
                 f"; resumed: records answered between the last checkpoint and the interruption "
                 f"are answered again (at most {outcome.redo_bound})"
@@ -220,6 +221,21 @@ async def _run(args: argparse.Namespace) -> int:
             )
         )
     return outcome.exit_code
+
+
+def _ending(outcome: Any) -> str:
+    """How the replay ended, in the words an operator acts on."""
+    ending = "interrupted: run again to resume" if outcome.exit_code == 1 else "done"
+    if outcome.offsets_deleted:
+        ranges = ", ".join(
+            f"{tp} {start}..{stop - 1}" for tp, spans in outcome.deleted.items()
+            for start, stop in spans
+        )  # fmt: skip
+        ending += (
+            f", but {outcome.offsets_deleted} offsets of the range were deleted by the broker "
+            f"(retention) before they were read and are not answered: {ranges}"
+        )
+    return ending
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ log = logging.getLogger("streamer.replay")
 REPLAY_BATCH = {"cpu": 16, "accelerator": 128}
 REPLAY_LINGER_MS = 50.0
 REPLAY_P99_MS = 60_000.0
+# The replay finished, but the broker deleted part of its range before it was read (the summary
+# lists the offsets): not a success a batch job may report as complete.
+EXIT_RANGE_DELETED = 4
 
 
 @dataclass
@@ -206,6 +209,8 @@ class Outcome:
     model: str
     redo_bound: int
     resumed: bool
+    offsets_deleted: int = 0
+    deleted: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 async def run_replay(
@@ -228,7 +233,9 @@ async def run_replay(
     settings = replay_settings(settings, request, model.target)
     settings = settings.model_copy(update=target_rates(model.target, settings))
     checkpoint = planned.checkpoint
-    consumer = make_consumer(settings, group_id=checkpoint.group)
+    # No silent offset reset: a range the broker deleted under the replay is counted as lost
+    # (BoundedIntake.fetch_failed), never skipped unseen.
+    consumer = make_consumer(settings, group_id=checkpoint.group, offset_reset="none")
     throttle = Throttle(request.rate)
     service = assemble(
         settings,
@@ -274,6 +281,8 @@ async def run_replay(
     )
     in_flight = max(s.backpressure.high for s in service.routes.values())
     commit_window = (request.rate or 0) * settings.commit_interval_ms / 1000.0
+    if code == 0 and intake.deleted:
+        code = EXIT_RANGE_DELETED
     return Outcome(
         exit_code=code,
         seconds=time.monotonic() - started,
@@ -283,6 +292,8 @@ async def run_replay(
         model=f"{model.name}-{model.version} ({model.target})",
         redo_bound=in_flight + math.ceil(commit_window),
         resumed=intake.planned.resumed,
+        offsets_deleted=intake.offsets_deleted,
+        deleted={str(tp): ranges for tp, ranges in sorted(intake.deleted.items())},
     )
 
 
@@ -313,3 +324,8 @@ def _replay_gauges(registry: Any, replay_id: str, throttle: Throttle, intake: An
         "Share of the replay's rate allowed now (below 1 while the live service is over budget).",
         ["replay_id"], registry=registry,
     ).labels(**labels).set_function(lambda: throttle.factor)  # fmt: skip
+    Gauge(
+        "streamer_replay_offsets_deleted",
+        "Offsets of the planned ranges the broker deleted before the replay read them.",
+        ["replay_id"], registry=registry,
+    ).labels(**labels).set_function(lambda: intake.offsets_deleted)  # fmt: skip

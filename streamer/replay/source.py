@@ -6,6 +6,13 @@ position reaches the stop (markers and compacted gaps cannot hang it); partition
 plan (a `--partitions` subset, in group mode) are done at once. When every partition this
 process holds is done and acknowledged, the source asks the service to stop, and the drain
 commits the last prefix: the replay exits on its own.
+
+Records of the range that the broker deletes before the replay reads them (retention passing
+over an old range, DeleteRecords) cannot be answered by anyone. The consumer has no automatic
+offset reset, so their absence surfaces as an out-of-range fetch: the replay logs and counts the
+lost offsets, checkpoints past them and reads on from the log's new start, and the command ends
+with its own exit code. (With the consumer's usual reset to "earliest" they vanished unseen: a
+replay then reported success with part of its range unanswered.)
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from streamer.pipeline.intake import KafkaIntake
 from streamer.replay.checkpoint import Planned, persist_plan
@@ -42,6 +49,8 @@ class BoundedIntake(KafkaIntake):
         # the next assignment (an empty assignment mid-rebalance is not "done").
         self._settled = asyncio.Event()
         self.records_read = 0
+        # Per partition, the [from, to) offset ranges the broker deleted before they were read.
+        self.deleted: dict[TP, list[tuple[int, int]]] = {}
 
     # ------------------------------------------------------------------ assignment
     async def prepare(self) -> None:
@@ -154,6 +163,59 @@ class BoundedIntake(KafkaIntake):
                 continue  # revoked meanwhile, or not positioned yet: judged on the next turn
             if position >= rng.stop and tp in self._consumer.assignment():
                 self._finish(tp)
+
+    # ------------------------------------------------------------------ deleted records
+    @property
+    def offsets_deleted(self) -> int:
+        """Offsets of the planned ranges that were deleted before this process read them."""
+        return sum(stop - start for ranges in self.deleted.values() for start, stop in ranges)
+
+    async def fetch_failed(self, exc: KafkaError) -> None:
+        """An out-of-range position: records were deleted under the replay (or, past the log
+        end, the log was truncated). Anything else: the intake's log and back-off."""
+        positions = exc.args[0] if exc.args else None
+        if not isinstance(exc, OffsetOutOfRangeError) or not isinstance(positions, dict):
+            await super().fetch_failed(exc)
+            return
+        for tp, offset in positions.items():
+            await self._read_on_after_deletion(tp, offset)
+
+    async def _read_on_after_deletion(self, tp: Any, offset: int) -> None:
+        """Account for the deleted offsets [offset, new log start) of the planned range and read
+        on from the new start (or finish the partition when its whole rest is gone)."""
+        key = TP(tp.topic, tp.partition)
+        rng = self.plan.get(key)
+        if rng is None or tp not in self._consumer.assignment():
+            return
+        try:
+            begin = (await self._consumer.beginning_offsets([tp]))[tp]
+            end = (await self._consumer.end_offsets([tp]))[tp]
+        except KafkaError as exc:  # the position is unchanged: the next fetch fails and retries
+            await super().fetch_failed(exc)
+            return
+        if tp not in self._consumer.assignment():
+            return  # revoked meanwhile: the next owner meets the same error and accounts for it
+        if offset >= begin:
+            # Past the end: the log was truncated (an unclean leader change). Nothing known lost.
+            log.warning(
+                "replay position past the log end; reading on from the end",
+                extra={"event": "replay_log_truncated", "partition": str(key),
+                       "position": offset, "log_end": end},
+            )  # fmt: skip
+            self._consumer.seek(tp, min(offset, end))
+            return
+        lost_to = min(begin, rng.stop)
+        self.deleted.setdefault(key, []).append((offset, lost_to))
+        log.error(
+            "records of the replayed range were deleted before they were read",
+            extra={"event": "replay_records_deleted", "partition": str(key),
+                   "from_offset": offset, "to_offset": lost_to, "log_start": begin},
+        )  # fmt: skip
+        self._progress.skip_to(tp, lost_to)  # the checkpoint passes them once the rest is done
+        if begin >= rng.stop:
+            self._finish(tp)
+        else:
+            self._consumer.seek(tp, begin)
 
     async def _answered(self) -> bool:
         """Flush what waits in the batchers, then whether every read record is acknowledged."""
