@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -176,7 +177,8 @@ async def test_idempotent_producer_round_trip(
 async def test_offsets_for_times(kafka_bootstrap: str, topic_factory: TopicFactory) -> None:
     """Replay by time: the first offset whose timestamp is >= the asked time."""
     topic = await topic_factory(partitions=1)
-    base = 1_700_000_000_000
+    # two hours ago: older records are deleted by the broker's retention check (24 h, every 60 s)
+    base = (int(time.time() * 1000) // 60_000 - 120) * 60_000
     producer = _producer(kafka_bootstrap)
     await producer.start()
     try:

@@ -19,14 +19,20 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from streamer.kafka.topics import ensure_topics
+from streamer.replay.checkpoint import KafkaCheckpoint
+from streamer.replay.plan import TP, PartitionRange
 from tests.integration.pipeline_harness import QUERIES, REPO, Topics, collect, create_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-BASE_MS = 1_700_000_000_000  # record timestamps of the tests (CreateTime), far from now
+# Record timestamps of the tests (CreateTime): two hours ago, well inside the test broker's 24 h
+# retention. Older ones are deleted by the broker's next retention check (every 60 s), which
+# once removed the tail of a partition under a running replay; that is now a tested case
+# (test_a_range_deleted_under_the_replay_is_reported_not_skipped), not an accident.
+BASE_MS = (int(time.time() * 1000) // 60_000 - 120) * 60_000
 
 
 def _event(event_id: str, i: int) -> bytes:
@@ -266,6 +272,79 @@ async def test_two_processes_of_one_replay_split_its_partitions(
     assert len(seen) == n
     assert all(r > 0 for r in read), "both processes must have taken a share"
     assert duplicates <= max(o["redo_bound"] for o in outs)
+
+
+async def test_a_range_deleted_under_the_replay_is_reported_not_skipped(
+    kafka_bootstrap: str, tiny_cpu_artifact: Path
+) -> None:
+    """A replay planned (and checkpointed) before the broker deleted part of its range:
+    partition 0 loses offsets 0..39 of 0..99, partition 1 all of 0..19. The replay answers what
+    is left, names what is gone (summary, exit 4) and checkpoints past it, instead of the
+    consumer's silent reset to the log's new start ending in a clean exit."""
+    topics = await _topics_with_outputs(kafka_bootstrap, partitions=2)
+    records = [(0, f"d{i}", BASE_MS + i) for i in range(100)]
+    records += [(1, f"e{i}", BASE_MS + i) for i in range(20)]
+    await _send(kafka_bootstrap, topics.queries, records)
+    plan = {
+        TP(topics.queries, 0): PartitionRange(0, 100),
+        TP(topics.queries, 1): PartitionRange(0, 20),
+    }
+    # What a first process of replay "gone" did before it was killed: the plan, checkpointed.
+    assert await KafkaCheckpoint("gone", {"bootstrap_servers": kafka_bootstrap}).write_plan(plan)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {
+                TopicPartition(topics.queries, 0): RecordsToDelete(before_offset=40),
+                TopicPartition(topics.queries, 1): RecordsToDelete(before_offset=20),
+            }
+        )
+        code, docs, err = _replay(kafka_bootstrap, topics, tiny_cpu_artifact, "gone")
+        group = await admin.list_consumer_group_offsets("streamer-replay-gone")
+    finally:
+        await admin.close()
+    assert code == 4, err[-3000:]
+    summary = docs[-1]["summary"]
+    assert summary["offsets_deleted"] == 60
+    assert summary["deleted"] == {
+        f"{topics.queries}:0": [[0, 40]],
+        f"{topics.queries}:1": [[0, 20]],
+    }
+    assert summary["records_read"] == 60 and summary["results"] == 60
+    assert "replay_records_deleted" in err
+    left = {eid for p, eid, _ in records if p == 0 and int(eid[1:]) >= 40}
+    seen = await collect(kafka_bootstrap, topics.intents + ".replay", left, 60)
+    assert set(seen) == left
+    # checkpointed past the deleted offsets: running it again reads nothing and reports nothing
+    assert {tp.partition: o.offset for tp, o in group.items()} == {0: 100, 1: 20}
+
+
+async def test_a_partition_subset_with_the_group_or_a_checkpoint_file(
+    kafka_bootstrap: str, tiny_cpu_artifact: Path, tmp_path: Path
+) -> None:
+    """`--partitions`: in group mode the group is given every partition and finishes the ones
+    outside the plan at once; with `--checkpoint FILE` only the planned ones are assigned."""
+    topics = await _topics_with_outputs(kafka_bootstrap, partitions=3)
+    records = [(i % 3, f"q{i}", BASE_MS + i) for i in range(30)]
+    await _send(kafka_bootstrap, topics.queries, records)
+    code, docs, err = _replay(
+        kafka_bootstrap, topics, tiny_cpu_artifact, "subset", "--partitions", "0", timeout=120
+    )
+    assert code == 0, err[-3000:]
+    assert docs[-1]["summary"]["records_read"] == 10
+    checkpoint = tmp_path / "replay.json"
+    code, docs, err = _replay(
+        kafka_bootstrap, topics, tiny_cpu_artifact, "subset-file", "--partitions", "1",
+        "--checkpoint", str(checkpoint), timeout=120,
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert docs[-1]["summary"]["records_read"] == 10
+    stored = json.loads(checkpoint.read_text())["partitions"]
+    assert stored == {f"{topics.queries}:1": {"start": 0, "stop": 10, "committed": 10}}
+    wanted = {eid for p, eid, _ in records if p in (0, 1)}
+    seen = await collect(kafka_bootstrap, topics.intents + ".replay", wanted, 60)
+    assert set(seen) == wanted
 
 
 async def test_bad_requests_stop_before_anything_is_consumed(
