@@ -4,9 +4,9 @@
 
 One local broker; the input topic holds `--history` past queries, which the live service's group
 has already committed past (it is caught up). Phases, each `--step-s` long at the same offered
-live rate: live alone, live + `streamer replay` over the history (with `--live-metrics` on the
-live service, so the replay backs off when the live P99 or lag goes over budget), live alone
-again (brackets the noise of a shared machine). Reports the live P50/P99 per phase (scheduled
+live rate: live alone, then per `--replay-nice` value live + `streamer replay --nice N` over the
+history (with `--live-metrics` on the live service, so the replay backs off when the live P99 or
+lag goes over budget) and live alone again (brackets the noise of a shared machine). Reports the live P50/P99 per phase (scheduled
 time -> result appended), the replay's own rate and how often it backed off.
 """
 
@@ -121,14 +121,17 @@ async def _run(a: argparse.Namespace) -> int:
                     return 3
                 await asyncio.sleep(0.5)
             await _live_step(bootstrap, topics, a.rate, 5.0)  # warm-up
-            for phase in ("live alone", "live + replay", "live alone again"):
+            phases: list[tuple[str, int | None]] = [("live alone", None)]
+            for nice in a.replay_nice:
+                phases += [(f"live + replay (nice {nice})", nice), ("live alone again", None)]
+            for phase, nice in phases:
                 replay = None
-                if phase == "live + replay":
+                if nice is not None:
                     argv = [
-                        sys.executable, "-m", "streamer", "replay", "--replay-id", tag,
+                        sys.executable, "-m", "streamer", "replay", "--replay-id", f"{tag}n{nice}",
                         "--routes", "intent", "--output-topic-suffix", ".replay", "--json",
                         "--live-metrics", f"http://127.0.0.1:{port}/metrics",
-                        "--live-p99-ms", str(a.live_p99_ms),
+                        "--live-p99-ms", str(a.live_p99_ms), "--nice", str(nice),
                     ]  # fmt: skip
                     if a.artifact:
                         argv += ["--artifact", str(a.artifact)]
@@ -179,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         "where the live service holds it)",
     )
     p.add_argument("--replay-head-start-s", type=float, default=5.0)
+    p.add_argument(
+        "--replay-nice",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[0, 19],
+        help="one replay phase per value of the replay's --nice, each followed by live alone "
+        "(default 0,19: same priority as the live service, then the replay's default)",
+    )
     p.add_argument("--artifact", type=Path, help="model (default: the shipped one)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)

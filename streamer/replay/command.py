@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -56,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--live-p99-ms", type=float, default=10.0, help="live intent P99 budget")
     parser.add_argument("--live-max-lag", type=int, default=1000, help="live lag budget (records)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=19,
+        help="lower the CPU priority of the replay and its workers by this much (default 19: on "
+        "cores shared with the live service the kernel gives the live worker the CPU first; "
+        "0: same priority). Costs nothing on idle cores",
+    )
     parser.add_argument("--checkpoint", type=Path, help="progress in this JSON file, not Kafka")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--json", action="store_true", help="plan and summary as JSON lines")
@@ -196,6 +205,9 @@ async def _run(args: argparse.Namespace) -> int:
     except (StartupError, ArtifactError) as exc:
         print(f"streamer replay: {exc}", file=sys.stderr)
         return 3
+    if args.nice > 0:
+        # Before the workers start: they inherit it (spawned from this process).
+        os.nice(args.nice)
     try:
         outcome = await run_replay(
             settings, request, planned, artifact, on_progress=await _progress(args.json, planned)
@@ -204,7 +216,7 @@ async def _run(args: argparse.Namespace) -> int:
         # Nothing was read or written: the plan is checkpointed only once everything is up.
         print(f"streamer replay: {exc}", file=sys.stderr)
         return 3
-    summary = {"replay_id": args.replay_id, **asdict(outcome)}
+    summary = {"replay_id": args.replay_id, "nice": os.nice(0), **asdict(outcome)}
     if args.json:
         print(json.dumps({"summary": summary}))
     else:

@@ -333,6 +333,7 @@ async def test_a_partition_subset_with_the_group_or_a_checkpoint_file(
     )
     assert code == 0, err[-3000:]
     assert docs[-1]["summary"]["records_read"] == 10
+    assert docs[-1]["summary"]["nice"] == 19  # a backfill yields the CPU by default
     checkpoint = tmp_path / "replay.json"
     code, docs, err = _replay(
         kafka_bootstrap, topics, tiny_cpu_artifact, "subset-file", "--partitions", "1",
