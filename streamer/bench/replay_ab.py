@@ -123,10 +123,10 @@ async def _run(a: argparse.Namespace) -> int:
                 await asyncio.sleep(0.5)
             await _live_step(bootstrap, topics, a.rate, 5.0)  # warm-up
             if a.warm_up_replay:
-                # The broker is a fresh JVM: its first big backlog read compiles the fetch path
-                # and costs the live route its P99 whatever the replay does (seen in the first
-                # replay phase of every run, at nice 0 and at nice 19 alike). A long-running
-                # broker is warm; so is this one after one unmeasured replay of the history.
+                # The first replay phase of every run cost the live route its P99 (47-88 ms, at
+                # nice 0 and at nice 19 alike); after one unmeasured replay it cost far less. The
+                # likeliest cause is the fresh broker JVM's warm-up (not profiled); a long-running
+                # broker is warm, so the measured phases start from a warmed one.
                 warm = _replay_argv(a, tag + "warm", port, nice=0)
                 subprocess.run(warm, env=env, stdout=subprocess.DEVNULL, check=True,
                                stderr=(a.out / "replay-warm-up.log").open("wb"))  # fmt: skip

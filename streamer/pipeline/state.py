@@ -105,11 +105,6 @@ class Progress:
             self.watermark.done(tp, offset)
         self.on_done()
 
-    def skip_to(self, tp: Hashable, offset: int) -> None:
-        """Offsets of tp below `offset` were deleted before they were read: the commit may
-        pass them (`OffsetWatermark.skip_to`); the caller reports them as lost."""
-        self.watermark.skip_to(tp, offset)
-
     def assigned(self, tps: Iterable[Hashable]) -> None:
         """New assignment: completions fetched under an earlier one no longer count."""
         for tp in tps:

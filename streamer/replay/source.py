@@ -211,7 +211,7 @@ class BoundedIntake(KafkaIntake):
             extra={"event": "replay_records_deleted", "partition": str(key),
                    "from_offset": offset, "to_offset": lost_to, "log_start": begin},
         )  # fmt: skip
-        self._progress.skip_to(tp, lost_to)  # the checkpoint passes them once the rest is done
+        self._progress.watermark.skip_to(tp, lost_to)  # committed past once the rest is done
         if begin >= rng.stop:
             self._finish(tp)
         else:
