@@ -30,6 +30,17 @@ class ErrorCode(StrEnum):
     """Raw record bytes over the hard cap: protects memory; long text is truncated instead."""
     MODEL_ERROR = "MODEL_ERROR"
     """Inference (or encoding its output) failed for this record."""
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
+    """Schema Registry wire format with a schema id the registry does not have, or whose schema
+    is not JSON Schema (streamer/records/registry.py)."""
+    SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
+    """Schema Registry wire format whose payload does not match its writer's registered schema."""
+    TOMBSTONE = "TOMBSTONE"
+    """The record has no value (a null value: a compacted topic's delete marker), nothing to
+    answer."""
+    UNREADABLE_BATCH = "UNREADABLE_BATCH"
+    """A record batch the consumer could not read (unknown codec, CRC mismatch, corrupt
+    compressed data), skipped by the `skip` policy: source_offset .. source_offset_end - 1."""
 
 
 class DecodeError(Exception):

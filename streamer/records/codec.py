@@ -409,23 +409,24 @@ def _b64(data: bytes | None) -> str | None:
 
 def encode_dead_letter(d: DeadLetter) -> bytes:
     """Serialize a dead letter (dead_letter.v1.json): raw payload and key as base64."""
-    return orjson.dumps(
-        {
-            "schema": d.schema,
-            "error_code": d.error_code.value,
-            "reason": d.reason or d.error_code.value,
-            "source_topic": d.source_topic,
-            "source_partition": int(d.source_partition),
-            "source_offset": int(d.source_offset),
-            "source_timestamp_ms": d.source_timestamp_ms,
-            "payload_b64": _b64(d.payload),
-            "payload_truncated": bool(d.payload_truncated),
-            "key_b64": _b64(d.key),
-            "event_id": d.event_id,
-            "service": d.service,
-            "dlq_ts_ms": int(d.dlq_ts_ms),
-        }
-    )
+    letter: dict[str, Any] = {
+        "schema": d.schema,
+        "error_code": d.error_code.value,
+        "reason": d.reason or d.error_code.value,
+        "source_topic": d.source_topic,
+        "source_partition": int(d.source_partition),
+        "source_offset": int(d.source_offset),
+        "source_timestamp_ms": d.source_timestamp_ms,
+        "payload_b64": _b64(d.payload),
+        "payload_truncated": bool(d.payload_truncated),
+        "key_b64": _b64(d.key),
+        "event_id": d.event_id,
+        "service": d.service,
+        "dlq_ts_ms": int(d.dlq_ts_ms),
+    }
+    if d.source_offset_end is not None:  # a skipped range (UNREADABLE_BATCH) only
+        letter["source_offset_end"] = int(d.source_offset_end)
+    return orjson.dumps(letter)
 
 
 # Result decoders are for downstream consumers and tests, not the hot path: same rules as the
@@ -563,6 +564,8 @@ def decode_dead_letter(
     if event_id is not None and type(event_id) is not str:
         raise _wrong("event_id", event_id, "a string or null")
     src_ts = None if src_ts is None else _int(src_ts, "source_timestamp_ms", None, None)
+    end = obj.get("source_offset_end")
+    end = None if end is None else _int(end, "source_offset_end", 1, None)
     return DeadLetter(
         error_code=code,
         reason=_req_str(obj, "reason"),
@@ -577,4 +580,5 @@ def decode_dead_letter(
         payload_truncated=_req_bool(obj, "payload_truncated"),
         event_id=event_id,
         schema=schema,
+        source_offset_end=end,
     )

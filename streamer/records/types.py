@@ -119,6 +119,8 @@ class DeadLetter:
     event_id: str | None = None
     """Known when the failure came after decoding (e.g. MODEL_ERROR)."""
     schema: str = DEAD_LETTER_SCHEMA
+    source_offset_end: int | None = None
+    """UNREADABLE_BATCH only: the letter stands for source_offset .. source_offset_end - 1."""
 
     @classmethod
     def for_record(
@@ -135,6 +137,7 @@ class DeadLetter:
         service: str,
         dlq_ts_ms: int,
         event_id: str | None = None,
+        source_offset_end: int | None = None,
     ) -> DeadLetter:
         """Build a dead letter for any failure, keeping the payload whole when it fits.
 
@@ -160,4 +163,5 @@ class DeadLetter:
             dlq_ts_ms=dlq_ts_ms,
             payload_truncated=cut,
             event_id=event_id,
+            source_offset_end=source_offset_end,
         )
