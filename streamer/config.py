@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     # 0: send as soon as the sender is free; under load records still batch while a request
     # is in flight, so latency pays nothing at low rates and throughput little at high ones.
     producer_linger_ms: int = Field(0, ge=0, le=1000)
+    # Codec of the results and dead letters the service produces (what the broker stores and
+    # every downstream reader decodes). Inputs in any codec are read regardless.
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none",
+        description="Compression of result and dead-letter batches: none, gzip, snappy, lz4 "
+        "or zstd (BENCHMARKS.md compares their CPU per event and P99).",
+    )
     producer_idempotence: bool = Field(
         True,
         description="Idempotent producer (no duplicates from retries); off only for brokers "

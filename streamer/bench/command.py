@@ -12,7 +12,10 @@ from pathlib import Path
 from streamer.bench.data import REPO_ROOT
 from streamer.bench.harness import (
     ALL_CONTENDERS,
+    CODECS,
     BenchConfig,
+    compression_variants,
+    external_bootstrap,
     kill_live_contenders,
     parse_variant,
     run_bench,
@@ -57,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routes", help="intent,duplicate (default; the gpu profile: intent)")
     parser.add_argument(
         "--bootstrap",
-        help="use this cluster (else KAFKA_BOOTSTRAP_SERVERS, "
-        "else a local Apache Kafka started for the run)",
+        help="use this cluster (else KAFKA_BOOTSTRAP_SERVERS, else a local Apache Kafka "
+        "started for the run); an external cluster is reached with the service's STREAMER_* "
+        "TLS and SASL settings",
     )
     parser.add_argument("--out", type=Path, help="output dir (default bench-results/<date>)")
     parser.add_argument("--step-s", type=float, help="seconds per load step")
@@ -83,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run the service with these STREAMER_* settings as contender "
         "streamer-LABEL (repeatable), e.g. linger:STREAMER_DISPATCH_WHEN_IDLE=false",
     )
+    parser.add_argument(
+        "--compression",
+        metavar="CODEC[,CODEC]",
+        help=f"also run the service once per result codec ({', '.join(CODECS)}) as contender "
+        "streamer-CODEC (STREAMER_PRODUCER_COMPRESSION), all in this run",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         variants = dict(parse_variant(v) for v in args.variant)
+        if args.compression:
+            variants.update(compression_variants(args.compression))
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -121,6 +133,14 @@ def run(args: argparse.Namespace) -> int:
         variants=variants,
         **overrides,
     )
+    external = external_bootstrap(cfg)
+    if external is not None:
+        # An external cluster is reached with the service's settings (TLS, SASL): say what is
+        # wrong with them before the model-only runs spend minutes.
+        from streamer.kafka.clients import command_settings
+
+        if command_settings("streamer bench", bootstrap_servers=external) is None:
+            return 2
     started = time.monotonic()
     from streamer.kafka.local_broker import BrokerStartError
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,20 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     if not env:
         raise ValueError(f"variant {spec!r}: no settings given")
     return label, env
+
+
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def compression_variants(spec: str) -> dict[str, dict[str, str]]:
+    """``gzip,lz4`` -> one service variant per producer codec, labelled by the codec
+    (contender ``streamer-gzip``: STREAMER_PRODUCER_COMPRESSION=gzip), so every codec is
+    measured in the same run, on the same broker and machine load."""
+    codecs = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in codecs if c not in CODECS]
+    if unknown or not codecs:
+        raise ValueError(f"--compression {spec!r}: expected a comma list of {', '.join(CODECS)}")
+    return {c: {"STREAMER_PRODUCER_COMPRESSION": c} for c in dict.fromkeys(codecs)}
 
 
 @dataclass
@@ -145,12 +160,17 @@ class BenchConfig:
 
 
 async def create_topics(
-    bootstrap: str, names: list[str], partitions: int, log_append: set[str]
+    bootstrap: str,
+    names: list[str],
+    partitions: int,
+    log_append: set[str],
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create fresh topics; result topics get LogAppendTime (timestamp = broker append)."""
+    """Create fresh topics; result topics get LogAppendTime (timestamp = broker append).
+    `client_kwargs`: the cluster's connection arguments (`cluster_client_kwargs`)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **(client_kwargs or {})})
     await admin.start()
     try:
         await admin.create_topics(
@@ -170,11 +190,13 @@ async def create_topics(
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
+async def delete_topics(
+    bootstrap: str, names: list[str], client_kwargs: Mapping[str, Any] | None = None
+) -> None:
     """Best-effort clean-up so an external cluster does not collect benchmark topics."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **(client_kwargs or {})})
     await admin.start()
     try:
         with contextlib.suppress(Exception):
@@ -217,9 +239,20 @@ def service_argv(*, other_tree: bool = False) -> list[str]:
 def contender_command(
     name: str, cfg: BenchConfig, bootstrap: str, route: str, topics: Topics, group: str
 ) -> tuple[list[str], dict[str, str], int | None]:
-    """argv, environment and (for streamer) metrics port of a Kafka contender."""
+    """argv, environment and (for streamer) metrics port of a Kafka contender.
+
+    Every contender builds its clients from the service's settings (`client_kwargs`), so on an
+    external cluster it takes this shell's `STREAMER_*` TLS and SASL settings from the
+    environment it inherits. The local broker the bench starts is plaintext: there they are
+    left out, or a shell with a secured cluster's settings sourced would break every contender.
+    """
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if external_bootstrap(cfg) is None:
+        from streamer.kafka.security import security_env_names
+
+        for key in security_env_names():
+            env.pop(key, None)
     if name == "streamer" or name.removeprefix("streamer-") in cfg.variants:
         port = free_port()
         intent = route == "intent"
@@ -408,8 +441,10 @@ async def measure_step(
     duration_s: float,
     drain_s: float,
     seed: int,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One fixed-rate open-loop step: send, wait for results, account latency and CPU."""
+    """One fixed-rate open-loop step: send, wait for results, account latency and CPU.
+    `client_kwargs`: the cluster's connection arguments (`cluster_client_kwargs`)."""
     scheduled: dict[str, int] = {}
     sink.recorder = LatencyRecorder(scheduled)
     before_stages = scrape(contender.metrics_port) if contender.metrics_port else None
@@ -426,6 +461,7 @@ async def measure_step(
         run_tag=new_run_tag(),
         seed=seed,
         scheduled_ms=scheduled,
+        client_kwargs=client_kwargs,
     )
     await sink.wait_complete(drain_s)
     report = sink.recorder.report()
@@ -477,10 +513,12 @@ async def run_contender_path(
     log_dir: Path,
     say: Any,
     deadline: float = float("inf"),
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Knee search of one contender on one route; never raises for a contender's failure.
 
     `deadline` (time.monotonic()) ends the ramp early, recorded as `stopped_by_budget`.
+    `client_kwargs`: the cluster's connection arguments (`cluster_client_kwargs`).
     """
     plan = cfg.plans[route]
     topics = Topics.fresh(run_id, name, route)
@@ -496,13 +534,15 @@ async def run_contender_path(
         result.update(status="skipped", reason="time budget spent before it could start")
         say(f"  {name}/{route}: SKIPPED (time budget spent)")
         return result
-    await create_topics(bootstrap, topics.all(), cfg.partitions, {topics.results})
+    await create_topics(bootstrap, topics.all(), cfg.partitions, {topics.results}, client_kwargs)
     argv, env, port = contender_command(name, cfg, bootstrap, route, topics, group)
     contender = Contender(name, argv, env, port, log_dir / f"{name}-{route}.log")
     # Results of an exactly-once contender count once their transaction commits: its sink reads
     # read_committed (every sink does: on topics written without transactions it changes
     # nothing, the last stable offset is the high watermark there).
-    sink = Sink(bootstrap, topics.results, isolation_level="read_committed")
+    sink = Sink(
+        bootstrap, topics.results, isolation_level="read_committed", client_kwargs=client_kwargs
+    )
     try:
         t0 = time.monotonic()
         why = await contender.start(cfg.ready_timeout_s)
@@ -526,6 +566,7 @@ async def run_contender_path(
             cfg.warmup_s,
             plan.drain_s,
             1,
+            client_kwargs,
         )
         result["warmup"] = {"offered_rate": warm["offered_rate"], "sink": warm["sink"]}
         search = KneeSearch(
@@ -554,6 +595,7 @@ async def run_contender_path(
                 cfg.step_s,
                 plan.drain_s,
                 seed,
+                client_kwargs,
             )
             seed += 1
             out = outcome_of(step)
@@ -578,7 +620,7 @@ async def run_contender_path(
     finally:
         await sink.stop()
         await contender.stop()
-        await delete_topics(bootstrap, topics.all())
+        await delete_topics(bootstrap, topics.all(), client_kwargs)
     return result
 
 
@@ -637,10 +679,30 @@ def run_model_only(cfg: BenchConfig, route: str, log_dir: Path) -> dict[str, Any
 # --------------------------------------------------------------------------- the run
 
 
+def external_bootstrap(cfg: BenchConfig) -> str | None:
+    """The external cluster's address (`--bootstrap`, else KAFKA_BOOTSTRAP_SERVERS); None: the
+    bench starts a local broker of its own."""
+    return cfg.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+
+
+def cluster_client_kwargs(cfg: BenchConfig) -> dict[str, Any]:
+    """Connection arguments of the bench's admin, load generator and sinks: on an external
+    cluster the service's own (`client_kwargs` of its settings: `STREAMER_*` TLS and SASL) with
+    the cluster's address; none for the plaintext local broker. Invalid settings raise
+    (pydantic's ValidationError, SecurityConfigError) before anything starts."""
+    external = external_bootstrap(cfg)
+    if external is None:
+        return {}
+    from streamer.config import load_settings
+    from streamer.kafka.clients import client_kwargs
+
+    return client_kwargs(load_settings(bootstrap_servers=external))
+
+
 @contextlib.contextmanager
 def broker_for(cfg: BenchConfig, say: Any) -> Any:
     """The configured cluster, else a local Apache Kafka started (and stopped) for this run."""
-    external = cfg.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    external = external_bootstrap(cfg)
     if external:
         port = int(external.split(",")[0].rsplit(":", 1)[1])
         pid = listening_pid(port)  # metered only when the broker runs on this machine
@@ -717,6 +779,7 @@ async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict
     run_id = uuid.uuid4().hex[:8]
     deadline = time.monotonic() + (cfg.budget_s if cfg.budget_s is not None else float("inf"))
     results: dict[str, Any] = {"meta": run_meta(cfg, argv), "runs": []}
+    client_kwargs = cluster_client_kwargs(cfg)  # before anything runs: settings errors first
     for route in cfg.routes:
         if "model-only" in cfg.contenders:
             say(f"model-only/{route} ...")
@@ -735,7 +798,16 @@ async def run_bench(cfg: BenchConfig, argv: list[str], say: Any = print) -> dict
                 say(f"{name}/{route} ...")
                 results["runs"].append(
                     await run_contender_path(
-                        cfg, run_id, bootstrap, broker_pid, name, route, log_dir, say, share
+                        cfg,
+                        run_id,
+                        bootstrap,
+                        broker_pid,
+                        name,
+                        route,
+                        log_dir,
+                        say,
+                        share,
+                        client_kwargs,
                     )
                 )
     (cfg.out_dir / "results.json").write_bytes(

@@ -14,9 +14,9 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from hdrh.histogram import HdrHistogram
 
@@ -143,18 +143,24 @@ async def run_load(
     seed: int = 0,
     start_delay_s: float = 0.2,
     scheduled_ms: dict[str, int] | None = None,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> LoadReport:
-    """Send one event per schedule offset; returns the report with every event's scheduled time."""
+    """Send one event per schedule offset; returns the report with every event's scheduled time.
+
+    `client_kwargs`: the cluster's connection arguments (`streamer.kafka.clients.client_kwargs`
+    of the command's settings: TLS, SASL); none for a plaintext broker at `bootstrap`.
+    """
     from aiokafka import AIOKafkaProducer
 
     tag = run_tag or new_run_tag()
-    from streamer.kafka.security import env_security_kwargs
-
-    prod = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, **producer_config(), **env_security_kwargs()
-    )
-    await prod.start()
-    await prod.partitions_for(topic)  # fetch metadata now, not on the first scheduled send
+    connection: dict[str, Any] = {"bootstrap_servers": bootstrap, **(client_kwargs or {})}
+    prod = AIOKafkaProducer(**producer_config(), **connection)
+    try:
+        await prod.start()
+        await prod.partitions_for(topic)  # fetch metadata now, not on the first scheduled send
+    except BaseException:
+        await prod.stop()
+        raise
     bad_seq = bad_record_plan(len(offsets), bad_fraction, seed) if bad_records else set()
     bad_cycle = _cycle(bad_records or [])
     behind = HdrHistogram(1, 3_600_000_000, 3)  # microseconds

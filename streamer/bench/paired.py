@@ -11,6 +11,7 @@ results (`observed`); the others by both clocks.
 
     python -m streamer.bench.paired --route intent --rates 50,100,200 --rounds 2 \\
         --variant alos:STREAMER_DELIVERY=at-least-once --variant eos:STREAMER_DELIVERY=exactly-once
+    python -m streamer.bench.paired --route intent --rates 50,200 --compression none,gzip,lz4
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from streamer.bench.harness import (
     Contender,
     Topics,
     broker_for,
+    compression_variants,
     contender_command,
     create_topics,
     delete_topics,
@@ -175,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", required=True, help="offered rates per second, comma separated")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--step-s", type=float, default=15.0)
-    p.add_argument("--variant", action="append", required=True, metavar="LABEL:KEY=VALUE[;...]")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[;...]")
+    p.add_argument(
+        "--compression",
+        metavar="CODEC[,CODEC]",
+        help="one variant per result codec (label = codec, STREAMER_PRODUCER_COMPRESSION), "
+        "e.g. none,gzip,snappy,lz4,zstd",
+    )
     p.add_argument("--artifact", type=Path, help="model (default: the shipped one)")
     p.add_argument("--data-dir", help="shared data sets (default ../shared/data)")
     p.add_argument("--bootstrap", help="use this cluster (else a local Kafka for the run)")
@@ -187,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     if artifact is None:
         return 2
     variants = dict(parse_variant(v) for v in args.variant)
+    if args.compression:
+        variants.update(compression_variants(args.compression))
+    if not variants:
+        p.error("give --variant or --compression")
     cfg = BenchConfig.preset(
         "quick", Path(artifact).resolve(), args.out, contenders=(), bootstrap=args.bootstrap,
         data_root=args.data_dir, variants=variants, step_s=args.step_s,

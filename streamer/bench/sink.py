@@ -209,8 +209,11 @@ class Sink:
         topic: str,
         fetch_max_wait_ms: int = 5,
         isolation_level: str = "read_committed",
+        client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # The cluster's connection arguments (TLS, SASL), as the load generator's.
+        self.client_kwargs = dict(client_kwargs or {})
         self.topic = topic
         self.fetch_max_wait_ms = fetch_max_wait_ms
         # read_committed: what a downstream of exactly-once delivery sees (results count when
@@ -224,8 +227,9 @@ class Sink:
         """Assign all partitions (no group: nothing to rebalance) and start reading."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        connection = {"bootstrap_servers": self.bootstrap, **self.client_kwargs}
         c = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection,
             enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             auto_offset_reset="earliest" if from_beginning else "latest",

@@ -1,12 +1,17 @@
-"""Pretty-print a results topic as records arrive, with each result's age."""
+"""Pretty-print a results topic as records arrive, with each result's age.
+
+It connects as `streamer run` does (`streamer.kafka.clients.client_kwargs`): the address and
+the TLS/SASL settings from `STREAMER_*` (or `KAFKA_BOOTSTRAP_SERVERS`) and `--config`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import os
+import sys
 import time
+from typing import Any
 
 import orjson
 
@@ -15,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `streamer tail`."""
     parser.add_argument("--topic", required=True)
     parser.add_argument(
-        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        "--bootstrap",
+        default=None,
+        help="Kafka address (default: STREAMER_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS, "
+        "else 127.0.0.1:9092)",
     )
+    parser.add_argument("--config", default=None, help="TOML settings file (address, security)")
     parser.add_argument("--from-beginning", action="store_true")
     parser.add_argument("--max", type=int, default=0, help="stop after N records (0: never)")
     parser.add_argument(
@@ -50,27 +59,24 @@ def describe(value: bytes | None) -> str:
     return escape(orjson.dumps(doc).decode()[:200])
 
 
-async def tail(args: argparse.Namespace) -> int:
+async def tail(args: argparse.Namespace, client_kwargs: dict[str, Any]) -> int:
     """Consume without a group (nothing committed) and print each record."""
     from aiokafka import AIOKafkaConsumer
     from rich.console import Console
     from rich.markup import escape
 
-    from streamer.kafka.security import env_security_kwargs
-
     console = Console()
     consumer = AIOKafkaConsumer(
         args.topic,
-        bootstrap_servers=args.bootstrap,
         enable_auto_commit=False,
-        **env_security_kwargs(),
         auto_offset_reset="earliest" if args.from_beginning else "latest",
         fetch_max_wait_ms=50,
         isolation_level=getattr(args, "isolation_level", "read_committed"),
+        **client_kwargs,
     )
-    await consumer.start()
     seen = 0
     try:
+        await consumer.start()
         async for r in consumer:
             now = time.time() * 1000
             src = None
@@ -90,7 +96,18 @@ async def tail(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until Ctrl-C or --max records."""
+    """Run until Ctrl-C or --max records; exit code 1 when the broker cannot be reached, 2 on
+    invalid settings."""
+    from streamer.kafka.clients import client_kwargs, command_settings, connection_failure
+
+    settings = command_settings("streamer tail", args.config, bootstrap_servers=args.bootstrap)
+    if settings is None:
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(tail(args))
+        try:
+            return asyncio.run(tail(args, client_kwargs(settings)))
+        except Exception as exc:
+            why = asyncio.run(connection_failure(settings, exc))
+            print(f"streamer tail: {why}", file=sys.stderr)
+            return 1
     return 0

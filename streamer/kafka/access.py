@@ -1,8 +1,9 @@
 """What the service asks the broker before and while it runs: can I connect, may I do my job?
 
-- `diagnose()` (after the clients failed to start): says WHY in one line: TCP refused, the
-  broker's certificate rejected (expired, unknown CA, wrong host name) or the SASL login
-  refused. aiokafka only says "Unable to bootstrap"; the reason is only in its log.
+- `diagnose()` (after the clients failed to start): says WHY in one line: TCP refused, a TLS
+  listener spoken to without TLS, the broker's certificate rejected (expired, unknown CA, wrong
+  host name) or the SASL login refused. aiokafka only says "Unable to bootstrap"; the reason
+  is only in its log.
 - `check(read, write)` (at start-up): every topic exists and the broker's authorizer lets this
   principal READ the input topics and WRITE the result and dead-letter topics, and READ its
   consumer group (DescribeGroups with authorized operations: without it the consumer never
@@ -100,6 +101,13 @@ class BrokerAccess:
         except OSError as exc:
             return f"cannot connect to {host}:{port} ({exc.strerror or type(exc).__name__})"
         context = None
+        if s.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and await _speaks_tls(host, port):
+            return (
+                f"{host}:{port} speaks TLS but security_protocol is {s.security_protocol}: set "
+                "STREAMER_SECURITY_PROTOCOL (SSL or SASL_SSL) and the cluster's STREAMER_SASL_* "
+                "and STREAMER_SSL_* settings (`make kafka-up SECURE=1` prints a file of them "
+                "to source)"
+            )
         if s.security_protocol in ("SSL", "SASL_SSL"):
             try:
                 context = ssl_context(s)
@@ -206,6 +214,21 @@ class BrokerAccess:
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
+
+
+async def _speaks_tls(host: str, port: int) -> bool:
+    """True when a TLS handshake with host:port succeeds (certificate not checked: this only
+    asks which protocol the listener speaks). A plaintext client's first request to a TLS
+    listener is refused without a word, which aiokafka reports as "Unable to bootstrap"."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 5)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    return True
 
 
 def _ping_request() -> Any:

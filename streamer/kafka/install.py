@@ -22,6 +22,10 @@ from pathlib import Path
 KAFKA_VERSION = "4.1.1"
 """The Apache Kafka release the project tests against (docker-compose.yml pins the same)."""
 
+REQUIRED_JARS = ("kafka_2.13-", "kafka-tools-")
+"""Jar name prefixes a complete install holds: the broker, and the tools (console producer and
+consumer) that the interop tests run. A cache made before a prefix was added is redone."""
+
 HOME_ENV = "STREAMER_KAFKA_HOME"
 MARKER_NAME = "install.json"
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
@@ -69,6 +73,8 @@ def is_installed(version: str = KAFKA_VERSION, home: Path | None = None) -> bool
         return False
     jars = manifest.get("jars")
     if manifest.get("version") != version or not isinstance(jars, list) or not jars:
+        return False
+    if not all(any(name.startswith(prefix) for name in jars) for prefix in REQUIRED_JARS):
         return False
     return all((vdir / "libs" / name).is_file() for name in jars)
 
@@ -134,7 +140,8 @@ def install(
             shutil.rmtree(staging, ignore_errors=True)
             raise KafkaInstallError(f"Maven took over {timeout_s:.0f}s fetching Kafka") from exc
         jars = sorted(p.name for p in staging.glob("*.jar")) if staging.is_dir() else []
-        if result.returncode != 0 or not any(j.startswith("kafka_2.13-") for j in jars):
+        complete = all(any(j.startswith(prefix) for j in jars) for prefix in REQUIRED_JARS)
+        if result.returncode != 0 or not complete:
             shutil.rmtree(staging, ignore_errors=True)
             tail = (result.stdout + result.stderr).strip()[-2000:]
             raise KafkaInstallError(f"Maven could not fetch Kafka {version}:\n{tail}")

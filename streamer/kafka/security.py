@@ -115,14 +115,12 @@ def security_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
-def env_security_kwargs() -> dict[str, Any]:
-    """Security arguments from the STREAMER_* environment, for the command-line tools
-    (`streamer tail`, `streamer produce`); nothing when it asks for no security (PLAINTEXT), so
-    benchmark runs stay as they were. `source` the file `make kafka-up SECURE=1` prints."""
-    import os
+def security_env_names() -> list[str]:
+    """The `STREAMER_*` variables of the security settings (protocol, SASL, TLS, AWS region).
 
-    if os.environ.get("STREAMER_SECURITY_PROTOCOL", "PLAINTEXT").upper() == "PLAINTEXT":
-        return {}
-    from streamer.config import load_settings
-
-    return security_kwargs(load_settings())
+    For a child process that must NOT take them: one that talks to a plaintext broker started
+    for it (the benchmark's local broker) while this shell has a secured cluster's settings."""
+    prefixes = ("security_", "sasl_", "ssl_", "aws_")
+    return [
+        f"STREAMER_{name.upper()}" for name in Settings.model_fields if name.startswith(prefixes)
+    ]

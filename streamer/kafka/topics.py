@@ -66,12 +66,11 @@ def topic_partitions(partitions: int, names: Iterable[str] = DEFAULT_TOPICS) -> 
 def _admin(
     bootstrap: str, timeout_s: float, client_kwargs: Mapping[str, Any] | None = None
 ) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="streamer-topics",
-        request_timeout_ms=max(1000, int(timeout_s * 1000)),
-        **(client_kwargs or {}),
-    )
+    """`client_kwargs`: security arguments, or a whole `streamer.kafka.clients.client_kwargs`
+    (whose bootstrap address and client id then win)."""
+    kwargs: dict[str, Any] = {"bootstrap_servers": bootstrap, "client_id": "streamer-topics"}
+    kwargs.update(client_kwargs or {})
+    return AIOKafkaAdminClient(request_timeout_ms=max(1000, int(timeout_s * 1000)), **kwargs)
 
 
 def _topic_info(raw: Mapping[str, Any]) -> TopicInfo:
@@ -82,7 +81,10 @@ def _topic_info(raw: Mapping[str, Any]) -> TopicInfo:
 
 
 async def describe_topics(
-    bootstrap: str, names: Iterable[str] | None = None, timeout_s: float = 30.0
+    bootstrap: str,
+    names: Iterable[str] | None = None,
+    timeout_s: float = 30.0,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, TopicInfo]:
     """Describe the named topics (all non-internal topics when `names` is None).
 
@@ -90,7 +92,7 @@ async def describe_topics(
     can diff "wanted" against "present".
     """
     wanted = list(names) if names is not None else None
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, client_kwargs)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         raw = await asyncio.wait_for(admin.describe_topics(wanted), timeout_s)

@@ -1,9 +1,11 @@
 """Create (idempotently) or describe the service's Kafka topics.
 
 `streamer topics create [--partitions N]` creates whichever of the five topics are missing;
-`streamer topics describe` prints partitions, replication and leaders. The broker address
-and topic names come from `streamer.config` (so `KAFKA_BOOTSTRAP_SERVERS`, the
-`STREAMER_TOPIC_*` variables and a `--config` TOML file apply) unless given as flags.
+`streamer topics describe` prints partitions, replication and leaders. It connects as
+`streamer run` does (`streamer.kafka.clients.client_kwargs`): the broker address, the topic
+names and the TLS/SASL settings come from `STREAMER_*` (and `KAFKA_BOOTSTRAP_SERVERS`) and a
+`--config` TOML file, the address also from `--bootstrap-servers`. Settings that do not
+validate stop it (exit 2) rather than letting it try a plaintext connection.
 """
 
 from __future__ import annotations
@@ -12,14 +14,7 @@ import argparse
 import asyncio
 import sys
 
-from streamer.kafka.topics import (
-    DEFAULT_TOPICS,
-    describe_topics,
-    ensure_topics,
-    topic_partitions,
-)
-
-FALLBACK_BOOTSTRAP = "127.0.0.1:9092"
+from streamer.kafka.topics import describe_topics, ensure_topics, topic_partitions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-servers",
         default=None,
-        help="Kafka address (default: KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)",
+        help="Kafka address (default: STREAMER_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS, "
+        "else 127.0.0.1:9092)",
     )
     parser.add_argument(
         "--partitions",
@@ -45,33 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="topic name (repeatable); default: the five configured topics",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per admin call")
-    parser.add_argument("--config", default=None, help="TOML settings file (topic names)")
-
-
-def configured_defaults(config_file: str | None = None) -> tuple[str, tuple[str, ...]]:
-    """Bootstrap address and topic names from the settings module, if it can be loaded."""
-    try:
-        from streamer.config import load_settings
-
-        settings = load_settings(config_file)
-    except Exception:
-        # A half-configured environment must not stop an operator from creating topics.
-        return FALLBACK_BOOTSTRAP, DEFAULT_TOPICS
-    names = (
-        settings.topic_queries,
-        settings.topic_pairs,
-        settings.topic_intents,
-        settings.topic_duplicates,
-        settings.topic_dlq,
-    )
-    return settings.bootstrap_servers, names
+    parser.add_argument("--config", default=None, help="TOML settings file (topic names, security)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `topics create` or `topics describe`; exit code 1 on a broker error."""
-    bootstrap, names = configured_defaults(args.config)
-    bootstrap = args.bootstrap_servers or bootstrap
-    names = tuple(args.topics) if args.topics else names
+    """Run `topics create` or `topics describe`; exit code 1 on a broker error, 2 on settings."""
+    from streamer.kafka.clients import client_kwargs, command_settings, connection_failure
+
+    settings = command_settings(
+        "streamer topics", args.config, bootstrap_servers=args.bootstrap_servers
+    )
+    if settings is None:
+        return 2
+    kafka = client_kwargs(settings)
+    bootstrap = settings.bootstrap_servers
+    names = tuple(args.topics) if args.topics else (
+        settings.topic_queries, settings.topic_pairs, settings.topic_intents,
+        settings.topic_duplicates, settings.topic_dlq,
+    )  # fmt: skip
     try:
         if args.action == "create":
             report = asyncio.run(
@@ -80,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                     topic_partitions(args.partitions, names),
                     replication=args.replication,
                     timeout_s=args.timeout,
+                    client_kwargs=kafka,
                 )
             )
             for name in report.created:
@@ -89,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             for name, (have, asked) in report.partition_mismatch.items():
                 print(f"warning: {name} has {have} partitions, asked for {asked} (left as is)")
             return 0
-        infos = asyncio.run(describe_topics(bootstrap, names, timeout_s=args.timeout))
+        infos = asyncio.run(
+            describe_topics(bootstrap, names, timeout_s=args.timeout, client_kwargs=kafka)
+        )
         for name in names:
             info = infos.get(name)
             if info is None:
@@ -102,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
             )
         return 0 if all(name in infos for name in names) else 1
     except Exception as exc:
-        print(f"error: {bootstrap}: {exc!r}", file=sys.stderr)
+        print(f"streamer topics: {asyncio.run(connection_failure(settings, exc))}", file=sys.stderr)
         return 1

@@ -186,7 +186,10 @@ async def _progress(as_json: bool, planned: Planned) -> Any:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
     from streamer.app import resolve_artifact
+    from streamer.kafka.clients import connection_failure
     from streamer.model.artifact import ArtifactError
     from streamer.model.manifest import read_manifest, verify_checksums
     from streamer.pipeline.executor_errors import WorkerStartError
@@ -195,7 +198,12 @@ async def _run(args: argparse.Namespace) -> int:
 
     settings = build_settings(args)
     request = request_from(args)
-    planned = await plan_replay(settings, request)
+    try:
+        planned = await plan_replay(settings, request)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        # Nothing consumed or written yet; say why as `streamer run` would, not a traceback.
+        print(f"streamer replay: {await connection_failure(settings, exc)}", file=sys.stderr)
+        return 3
     print_plan(planned, settings, request.rate, args.json)
     if args.dry_run:
         return 0

@@ -205,7 +205,7 @@ def _fake_install(home: Path, jars: list[str], version: str = KAFKA_VERSION) -> 
 
 def test_install_marker_must_match_the_jars_on_disk(tmp_path: Path) -> None:
     assert not is_installed(home=tmp_path)
-    vdir = _fake_install(tmp_path, ["kafka_2.13-x.jar", "kafka-clients-x.jar"])
+    vdir = _fake_install(tmp_path, ["kafka_2.13-x.jar", "kafka-tools-x.jar", "kafka-clients-x.jar"])
     assert is_installed(home=tmp_path)
     (vdir / "libs" / "kafka-clients-x.jar").unlink()
     assert not is_installed(home=tmp_path), "a deleted jar must trigger a re-install"
@@ -222,7 +222,7 @@ def test_install_marker_of_another_version_does_not_count(tmp_path: Path) -> Non
 def test_installed_cache_is_reused_without_maven(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fake_install(tmp_path, ["kafka_2.13-x.jar"])
+    _fake_install(tmp_path, ["kafka_2.13-x.jar", "kafka-tools-x.jar"])
 
     def no_maven(*args: object, **kwargs: object) -> None:
         raise AssertionError("maven must not run when the cache is complete")
@@ -246,6 +246,13 @@ def test_pom_declares_kafka_and_a_log4j2_binding() -> None:
     assert f"<kafka.version>{KAFKA_VERSION}</kafka.version>" in pom
     assert "<artifactId>kafka_2.13</artifactId>" in pom
     assert "<artifactId>log4j-core</artifactId>" in pom
+    assert "<artifactId>kafka-tools</artifactId>" in pom  # the console clients of the interop tests
+
+
+def test_a_cache_without_the_tools_jar_is_installed_again(tmp_path: Path) -> None:
+    """Caches made before kafka-tools joined the pom lack the console clients: not complete."""
+    _fake_install(tmp_path, ["kafka_2.13-x.jar", "kafka-clients-x.jar"])
+    assert not is_installed(home=tmp_path)
 
 
 def test_cds_flags_use_an_existing_archive_else_record_one(tmp_path: Path) -> None:

@@ -160,20 +160,32 @@ def test_redact_and_tls_reasons() -> None:
     assert "ssl_check_hostname" in tls_reason("Hostname mismatch, certificate is not valid", "h")
 
 
-def test_tools_take_security_from_the_environment(monkeypatch, pki) -> None:
-    from streamer.kafka.security import env_security_kwargs
+def test_commands_take_the_services_settings(monkeypatch, pki, tmp_path, capsys) -> None:
+    """`streamer topics|produce|tail|replay|bench` connect with `command_settings` +
+    `client_kwargs`, the service's recipe: STREAMER_* and --config; invalid ones stop them."""
+    from streamer.kafka.clients import client_kwargs, command_settings
 
     monkeypatch.delenv("STREAMER_SECURITY_PROTOCOL", raising=False)
-    assert env_security_kwargs() == {}
+    settings = command_settings("streamer tail", bootstrap_servers="b:1")
+    assert settings is not None
+    assert client_kwargs(settings)["security_protocol"] == "PLAINTEXT"
+    assert client_kwargs(settings)["bootstrap_servers"] == "b:1"
     for key, value in {
         "STREAMER_SECURITY_PROTOCOL": "SASL_SSL",
         "STREAMER_SASL_MECHANISM": "SCRAM-SHA-512",
         "STREAMER_SASL_USERNAME": "reader",
         "STREAMER_SASL_PASSWORD": SECRET,
-        "STREAMER_SSL_CAFILE": str(pki["ca"]),
     }.items():
         monkeypatch.setenv(key, value)
-    kwargs = env_security_kwargs()
+    config = tmp_path / "streamer.toml"
+    config.write_text(f'ssl_cafile = "{pki["ca"]}"\n')
+    settings = command_settings("streamer tail", config)
+    assert settings is not None
+    kwargs = client_kwargs(settings)
     assert kwargs["sasl_plain_username"] == "reader" and isinstance(
         kwargs["ssl_context"], ssl.SSLContext
     )
+    monkeypatch.delenv("STREAMER_SASL_PASSWORD")
+    assert command_settings("streamer tail", config) is None
+    err = capsys.readouterr().err
+    assert "streamer tail: invalid setting" in err and "sasl_username and sasl_password" in err

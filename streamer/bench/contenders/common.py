@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 READY_LINE = "READY"
 
@@ -26,6 +27,16 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="serve through the EMULATED accelerator instead of the model (host path only)",
     )  # fmt: skip
     return p
+
+
+def kafka_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """aiokafka connection arguments: the service's own recipe (`client_kwargs` of its
+    settings) at --bootstrap, so on a secured cluster a contender takes the `STREAMER_*` TLS
+    and SASL settings of the environment the harness hands it, as the service contender does."""
+    from streamer.config import load_settings
+    from streamer.kafka.clients import client_kwargs
+
+    return client_kwargs(load_settings(bootstrap_servers=a.bootstrap))
 
 
 def announce_ready() -> None:

@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 
-from streamer.bench.contenders.common import announce_ready, parser, warmup_record
+from streamer.bench.contenders.common import announce_ready, kafka_kwargs, parser, warmup_record
 from streamer.bench.contenders.job import ModelJob
 
 
@@ -23,16 +23,17 @@ async def serve(a: argparse.Namespace) -> int:
 
     job = ModelJob.load(a.artifact, a.route, a.threads, a.force_artifact, a.emulate)
     job.warm_up(warmup_record(a.route))
+    kafka = kafka_kwargs(a)
     consumer = AIOKafkaConsumer(
         a.in_topic,
-        bootstrap_servers=a.bootstrap,
+        **kafka,
         group_id=a.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=5,
     )
     # linger 0 (aiokafka's default): a one-at-a-time app gains nothing from waiting.
-    producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, linger_ms=0, acks="all")
+    producer = AIOKafkaProducer(**kafka, linger_ms=0, acks="all")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

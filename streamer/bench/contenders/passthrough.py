@@ -18,7 +18,7 @@ import asyncio
 import signal
 import sys
 
-from streamer.bench.contenders.common import announce_ready, parser
+from streamer.bench.contenders.common import announce_ready, kafka_kwargs, parser
 
 # Roughly an encoded result of each route (IntentResult / DuplicateResult JSON).
 RESULT_BYTES = {"intent": 260, "duplicate": 300}
@@ -29,15 +29,16 @@ async def serve(a: argparse.Namespace) -> int:
     """Consume, produce a fixed-size result per record (same key), commit per batch."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    kafka = kafka_kwargs(a)
     consumer = AIOKafkaConsumer(
         a.in_topic,
-        bootstrap_servers=a.bootstrap,
+        **kafka,
         group_id=a.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=5,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, linger_ms=0, acks="all")
+    producer = AIOKafkaProducer(**kafka, linger_ms=0, acks="all")
     value = b"x" * RESULT_BYTES[a.route]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

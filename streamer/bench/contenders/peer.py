@@ -17,7 +17,12 @@ import logging
 import sys
 from typing import Any
 
-from streamer.bench.contenders.common import announce_ready, parser, warmup_record
+from streamer.bench.contenders.common import (
+    announce_ready,
+    kafka_kwargs,
+    parser,
+    warmup_record,
+)
 from streamer.bench.contenders.job import ModelJob
 
 FETCH_MAX_WAIT_MS = 5
@@ -37,6 +42,27 @@ def _patch_fetch_wait() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
+def faust_credentials(kafka: dict[str, Any]) -> Any:
+    """The service's TLS and SASL arguments (`kafka_kwargs`) as faust's `broker_credentials`,
+    which its aiokafka driver turns back into the same arguments; None for PLAINTEXT."""
+    import faust
+
+    context = kafka.get("ssl_context")
+    mechanism = kafka.get("sasl_mechanism")
+    if mechanism == "OAUTHBEARER":  # AWS MSK IAM
+        return faust.OAuthCredentials(
+            oauth_cb=kafka["sasl_oauth_token_provider"], ssl_context=context
+        )
+    if mechanism:
+        return faust.SASLCredentials(
+            username=kafka["sasl_plain_username"],
+            password=kafka["sasl_plain_password"],
+            mechanism=mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def build_app(a: argparse.Namespace, job: ModelJob) -> Any:
     """The faust app: one agent, batches of up to --max-batch within --linger-ms."""
     import faust
@@ -44,6 +70,7 @@ def build_app(a: argparse.Namespace, job: ModelJob) -> Any:
     app = faust.App(
         a.group,
         broker=f"kafka://{a.bootstrap}",
+        broker_credentials=faust_credentials(kafka_kwargs(a)),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
