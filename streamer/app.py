@@ -33,8 +33,13 @@ from streamer.pipeline.publisher import CommitFn, HeaderFn
 from streamer.pipeline.routes import RouteHandler, make_routes
 from streamer.pipeline.service import Service, StartupError
 from streamer.pipeline.state import RouteState
+from streamer.pipeline.tracing import BatchTracer
+from streamer.records.registry import SchemaRegistry
 
 log = logging.getLogger("streamer.app")
+
+IMAGE_SCHEMAS = Path("/opt/streamer/schemas")
+"""Where the container image keeps schemas/*.v1.json (the package is installed, not checked out)."""
 
 # Expected peak rates per target, which size in-flight work by Little's law (unless set).
 # cpu intents: what a 2-core machine sustains near its knee (BENCHMARKS.md). cpu pairs are sized
@@ -143,6 +148,52 @@ def build_service(settings: Settings) -> Service:
         lag_clients=(make_admin(settings), make_lag_probe(settings))
         if settings.group_lag_interval_s
         else None,
+        registry=build_registry(settings),
+    )
+
+
+def build_registry(settings: Settings) -> SchemaRegistry | None:
+    """The Schema Registry client when `schema_registry_url` is set (None: plain JSON).
+
+    Our result schemas are registered for the enabled routes' result topics and the DLQ, under
+    the configured subject naming strategy, when the service starts (`Service.start`).
+    """
+    if settings.schema_registry_url is None:
+        return None
+    try:
+        from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+    except ImportError as exc:
+        raise StartupError(
+            f"schema_registry_url needs the registry extra (pip install 'streamer[registry]'): "
+            f"{exc}"
+        ) from exc
+
+    from streamer.config import repo_root
+    from streamer.records.registry import make_client_config
+    from streamer.records.types import DUPLICATE_RESULT_SCHEMA, INTENT_RESULT_SCHEMA
+
+    password = settings.schema_registry_password
+    conf = make_client_config(
+        settings.schema_registry_url,
+        username=settings.schema_registry_username,
+        password=password.get_secret_value() if password is not None else None,
+        ca_file=settings.schema_registry_cafile,
+        timeout_s=settings.schema_registry_timeout_s,
+    )
+    results = {}
+    if Route.INTENT in settings.routes:
+        results[settings.topic_intents] = INTENT_RESULT_SCHEMA
+    if Route.DUPLICATE in settings.routes:
+        results[settings.topic_duplicates] = DUPLICATE_RESULT_SCHEMA
+    return SchemaRegistry(
+        AsyncSchemaRegistryClient(conf),
+        url=settings.schema_registry_url,
+        strategy=settings.schema_registry_subject_strategy,
+        result_topics=results,
+        dlq_topic=settings.topic_dlq,
+        # The checkout's schemas/, else where the image puts them (deploy/docker/Dockerfile).
+        schemas_dir=settings.schema_registry_schemas_dir
+        or next((d for d in (repo_root() / "schemas", IMAGE_SCHEMAS) if d.is_dir()), IMAGE_SCHEMAS),
     )
 
 
@@ -238,6 +289,8 @@ def assemble(
     lag_clients: tuple[Any, Any] | None = None,
     access: Any = None,
     transactional_producers: Callable[[str], Any] | None = None,
+    tracer: BatchTracer | None = None,
+    registry: SchemaRegistry | None = None,
 ) -> Service:
     """Wire the parts around the given clients and executor (tests pass their own).
 
@@ -248,6 +301,10 @@ def assemble(
     topics' ACLs at start-up and tells readiness whether the broker answers.
     `transactional_producers` (transactional id -> producer) serves exactly-once delivery:
     one producer per input partition (`streamer.pipeline.exactly_once`).
+    `registry` (`streamer.records.registry.SchemaRegistry`, `build_registry`) switches the
+    routes, the intake and the dead letters to the Schema Registry wire format.
+    `tracer` records a span per batch; by default the OTLP one when settings enable it
+    (`build_tracer`).
     """
     from streamer.pipeline.batch_runner import BatchRunner
     from streamer.pipeline.metrics import HealthServer, Metrics
@@ -273,22 +330,30 @@ def assemble(
         publisher = eos = TransactionalPublisher(
             transactional_producers, progress, metrics, flags, dlq_topic=settings.topic_dlq,
             group_id=settings.group_id, timeout_s=settings.transaction_timeout_ms / 1000.0,
-            extra_headers=extra_headers,
+            extra_headers=extra_headers, forward_headers=settings.forward_headers,
         )  # fmt: skip
         commit_interval_s = settings.transaction_interval_ms / 1000.0
     else:
         publisher = Publisher(
             producer, progress, metrics, flags, dlq_topic=settings.topic_dlq,
             commit=commit or consumer.commit, extra_headers=extra_headers,
+            forward_headers=settings.forward_headers,
         )  # fmt: skip
+    if registry is not None:
+        for handler in handlers:  # decode framed inputs, frame results
+            handler.registry = registry
+        publisher.frame_dead_letter = registry.frame_dead_letter
     runner = BatchRunner(
         routes, executor, publisher, metrics, flags,
         dispatch_when_idle=settings.dispatch_when_idle,
+        tracer=tracer or build_tracer(settings),
     )  # fmt: skip
     intake = (intake_factory or KafkaIntake)(
         consumer, routes, runner, publisher, progress, metrics, flags,
         max_poll_records=settings.max_poll_records,
         revoke_timeout_s=min(settings.drain_timeout_s, 5.0),
+        unreadable_policy=settings.unreadable_batch_policy,
+        unreadable_retry_s=settings.unreadable_retry_s,
     )  # fmt: skip
     if eos is not None:
         eos.bind(intake)
@@ -296,8 +361,12 @@ def assemble(
     health = None
     if settings.metrics_port:
 
-        def health(ready: Callable[[], bool]) -> HealthServer:
-            return HealthServer(metrics, ready, settings.metrics_host, settings.metrics_port)
+        def health(
+            ready: Callable[[], bool], why: Callable[[], list[str]] | None = None
+        ) -> HealthServer:
+            return HealthServer(
+                metrics, ready, settings.metrics_host, settings.metrics_port, why_not=why
+            )
 
     lag_monitor = None
     if lag_clients is not None:
@@ -330,10 +399,27 @@ def assemble(
         needed_topics=needed | {settings.topic_dlq},
         drain_timeout_s=settings.drain_timeout_s,
         commit_interval_s=commit_interval_s,
+        unreadable_ready_s=settings.unreadable_ready_s,
         health=health,
         public_settings=settings.public_dict(),
         lag_monitor=lag_monitor,
+        registry=registry,
     )
+
+
+def build_tracer(settings: Settings) -> BatchTracer | None:
+    """The OTLP batch tracer when `otel_enabled`; a missing `otel` extra stops the start-up
+    with what to install, rather than serving without the spans that were asked for."""
+    if not settings.otel_enabled:
+        return None
+    from streamer.pipeline.tracing import otlp_tracer
+
+    try:
+        return otlp_tracer()
+    except ImportError as exc:
+        raise StartupError(
+            f"otel_enabled needs the otel extra (pip install 'streamer[otel]'): {exc}"
+        ) from exc
 
 
 def resolve_artifact(artifact: Path | None) -> Path:

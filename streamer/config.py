@@ -100,6 +100,26 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(5, ge=0, le=500)
     max_poll_records: int = Field(1024, ge=1, le=100_000)
     max_partition_fetch_bytes: int = Field(1 << 20, ge=1024)
+    # --- A batch the consumer cannot read (streamer/kafka/fetch_guard.py) ----------------
+    unreadable_batch_policy: Literal["hold", "skip"] = Field(
+        "hold",
+        description="A record batch that cannot be read (a codec without its library, a CRC "
+        "mismatch, corrupt data) stops only its own partition. hold: the partition waits at "
+        "the batch, retried with back-off, visible in metrics, logs and /readyz; nothing is "
+        "skipped without an operator's say. skip: one UNREADABLE_BATCH dead letter names the "
+        "offset range and reason, and the partition reads on after it.",
+    )
+    unreadable_retry_s: float = Field(
+        5.0, gt=0, le=3600, description="hold: first re-read of a held batch (doubles to 60 s)."
+    )
+    unreadable_ready_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="hold: /readyz answers 503, naming the partition, once a partition has been "
+        "held this long (0: at once).",
+    )
+    # --- end of unreadable batches
     # One round trip of a commit costs about what a batch does; commit on a timer, not per
     # record (a commit per message capped a naive consumer at ~130 events/s).
     commit_interval_ms: int = Field(200, ge=10, le=60_000)
@@ -214,6 +234,52 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(512, ge=1)
     drain_timeout_s: float = Field(10.0, ge=0, le=600, description="SIGTERM drain deadline.")
 
+    # --- Schema Registry (issue 19; streamer/records/registry.py) --------------------------
+    # Confluent wire format (magic byte 0, 4-byte schema id, payload). Unset URL: plain JSON in
+    # and out, as before. Set: framed inputs are validated against their writer's registered
+    # JSON Schema (plain JSON is still accepted, so producers can migrate one at a time) and
+    # results and dead letters are written framed, with our schemas registered at start-up.
+    schema_registry_url: str | None = Field(
+        None,
+        description="Schema Registry base URL(s), comma separated (Confluent-compatible API, "
+        "e.g. Apicurio's /apis/ccompat/v7); unset: plain JSON.",
+    )
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_cafile: Path | None = Field(
+        None, description="PEM CA file for an https registry; unset: the system's trusted CAs."
+    )
+    schema_registry_subject_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic",
+        description="Subjects of our result and dead-letter schemas: topic (<topic>-value), "
+        "record (<record name>) or topic_record (<topic>-<record name>).",
+    )
+    schema_registry_timeout_s: float = Field(5.0, gt=0, le=120, description="Per request.")
+    schema_registry_schemas_dir: Path | None = Field(
+        None,
+        description="Directory of our schemas/*.v1.json, registered at start-up; unset: the "
+        "checkout's schemas/, else /opt/streamer/schemas (the image).",
+    )
+
+    @model_validator(mode="after")
+    def _check_schema_registry(self) -> Settings:
+        """Registry settings that cannot work together (reasons never carry values)."""
+        url = self.schema_registry_url
+        if url is not None and not all(
+            u.strip().startswith(("http://", "https://")) for u in url.split(",")
+        ):
+            raise ValueError("schema_registry_url: expected http:// or https:// URL(s)")
+        if self.schema_registry_password is not None and not self.schema_registry_username:
+            raise ValueError("schema_registry_password needs schema_registry_username")
+        if self.schema_registry_cafile is not None and not self.schema_registry_cafile.is_file():
+            raise ValueError("schema_registry_cafile: no such file")
+        schemas = self.schema_registry_schemas_dir
+        if schemas is not None and not (schemas / "dead_letter.v1.json").is_file():
+            raise ValueError("schema_registry_schemas_dir: no dead_letter.v1.json there")
+        return self
+
+    # --- end of Schema Registry
+
     # --- Observability ------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9102, ge=0, le=65535, description="0 disables the HTTP endpoint.")
@@ -225,6 +291,47 @@ class Settings(BaseSettings):
         "(admin request + one record per lagging partition); 0 disables.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Trace context and headers (issue 19; publisher.py, tracing.py) -------------------
+    # W3C trace context rides in Kafka headers (OpenTelemetry's Kafka propagation): copying it
+    # from each input record to its result and dead letter lets a downstream team follow one
+    # search request through this service. NoDecode: env values are comma lists, not JSON.
+    forward_headers: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("traceparent", "tracestate"),
+        description="Headers of an input record copied to its result and its dead letter "
+        "(comma list of exact, case-sensitive Kafka header names; empty: none). They follow "
+        "the service's own headers and never replace one of them.",
+    )
+    otel_enabled: bool = Field(
+        False,
+        description="OpenTelemetry spans (the `otel` extra): one span per batch, linked to each "
+        "event's traceparent, stage timings as attributes, sent over OTLP/HTTP as the standard "
+        "OTEL_* variables say (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...).",
+    )
+
+    @field_validator("forward_headers", mode="before")
+    @classmethod
+    def _split_forward_headers(cls, value: Any) -> Any:
+        """Accept 'traceparent,tracestate' from env vars and flags as well as TOML lists."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _check_header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Header names as tracing and messaging headers spell them; a typo fails at start."""
+        import re  # local: this feature's settings stay in one block
+
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", name):
+                raise ValueError(
+                    f"forward_headers: {name!r} is not a header name (1-255 of letters, "
+                    "digits, '.', '_', '-')"
+                )
+        return tuple(dict.fromkeys(value))
+
+    # --- end of trace context and headers
 
     @field_validator("routes", mode="before")
     @classmethod
@@ -294,7 +401,7 @@ class Settings(BaseSettings):
         """The secret values, for redacting any text that leaves the process."""
         return [
             s.get_secret_value()
-            for s in (self.sasl_password, self.ssl_key_password)
+            for s in (self.sasl_password, self.ssl_key_password, self.schema_registry_password)
             if s is not None and s.get_secret_value()
         ]
 

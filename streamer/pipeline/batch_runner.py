@@ -26,6 +26,7 @@ from streamer.pipeline.metrics import Metrics
 from streamer.pipeline.publisher import Publisher
 from streamer.pipeline.routes import Row, pack_rows
 from streamer.pipeline.state import RouteState, StopFlags
+from streamer.pipeline.tracing import BatchStages, BatchTracer
 
 log = logging.getLogger("streamer.batch_runner")
 
@@ -42,6 +43,7 @@ class BatchRunner:
         flags: StopFlags,
         *,
         dispatch_when_idle: bool = False,
+        tracer: BatchTracer | None = None,
     ) -> None:
         self.routes = routes
         self._executor = executor
@@ -49,6 +51,7 @@ class BatchRunner:
         self._metrics = metrics
         self._flags = flags
         self._dispatch_when_idle = dispatch_when_idle
+        self._tracer = tracer  # None: no spans, and no stage bookkeeping for them
         self._wake = asyncio.Event()
         self.running_batches = 0  # dispatched batches whose first model call has not returned
 
@@ -140,18 +143,36 @@ class BatchRunner:
         self._metrics.batch_size.labels(name).observe(len(rows))
         real = sum(min(r.n_tokens, batch.seq_len) for r in rows)
         self._metrics.batch_fill.labels(name).observe(real / (batch.seq_len * batch.padded_rows))
+        stages = None if self._tracer is None else BatchStages(queue_s=queue_wait)
         try:
-            await self._infer_and_publish(state, rows, batch.padded_rows, batch.seq_len, top=True)
+            await self._infer_and_publish(
+                state, rows, batch.padded_rows, batch.seq_len, top=True, stages=stages
+            )
         except Exception:  # pragma: no cover - last line of defence; logged, rows stay pending
             log.exception("batch failed", extra={"event": "batch_failed", "route": name})
+            return
+        tracer = self._tracer
+        if tracer is not None and stages is not None and stages.model_calls:
+            # No model call: the executor was unusable; the rows are left for the next owner.
+            try:
+                tracer.record(name, state.handler.source_topic, batch, stages, time.monotonic())
+            except Exception:  # pragma: no cover - a tracing fault must not touch the rows
+                log.exception("batch span failed", extra={"event": "span_failed", "route": name})
 
     async def _infer_and_publish(
-        self, state: RouteState, rows: list[Row], padded_rows: int, seq_len: int, top: bool = False
+        self,
+        state: RouteState,
+        rows: list[Row],
+        padded_rows: int,
+        seq_len: int,
+        top: bool = False,
+        stages: BatchStages | None = None,
     ) -> None:
         """Infer rows; on failure split the batch so one bad row cannot fail the others.
 
         ``top`` marks the batch's first model call: when it returns, the batch no longer
-        occupies a worker (bisection retries of a failed batch are not counted).
+        occupies a worker (bisection retries of a failed batch are not counted). ``stages``
+        (tracing on) collects the model and publish times for the batch's span.
         """
         t0 = time.monotonic()
         try:
@@ -169,14 +190,19 @@ class BatchRunner:
         except Exception as exc:
             # A batch-level failure (runner raised, poison batch): bisect so one bad row cannot
             # fail the others; a row that fails alone goes to the DLQ.
+            if stages is not None:  # the failed call held a worker too
+                stages.model_calls += 1
+                stages.model_s += time.monotonic() - t0
             if len(rows) == 1:
                 self._publisher.dead_letter_row(
                     state, rows[0], ErrorCode.MODEL_ERROR, f"inference failed: {exc!r}"
                 )
+                if stages is not None:
+                    stages.dead_letters += 1
                 return
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
-                await self._infer_and_publish(state, part, len(part), seq_len)
+                await self._infer_and_publish(state, part, len(part), seq_len, stages=stages)
             return
         finally:
             if top:
@@ -184,6 +210,9 @@ class BatchRunner:
                 if not self._flags.stopping.is_set():
                     self.dispatch_if_idle()
         model_s = time.monotonic() - t0
+        if stages is not None:
+            stages.model_calls += 1
+            stages.model_s += model_s
         state.linger.observe("model", model_s)
         self._metrics.stage_latency.labels(state.name, "model").observe(model_s)
         outcomes = state.handler.results(rows, np.asarray(scores))
@@ -195,5 +224,10 @@ class BatchRunner:
                 values.append(outcome)
             else:
                 self._publisher.dead_letter_row(state, row, ErrorCode.MODEL_ERROR, outcome.reason)
+                if stages is not None:
+                    stages.dead_letters += 1
         if good_rows:
+            t_publish = time.monotonic()
             await self._publisher.publish(state, good_rows, values)
+            if stages is not None:
+                stages.publish_s += time.monotonic() - t_publish

@@ -53,7 +53,7 @@ from typing import Any, Protocol
 from aiokafka.errors import TransactionalIdAuthorizationFailed
 
 from streamer.pipeline.metrics import Metrics
-from streamer.pipeline.publisher import HeaderFn, Publisher
+from streamer.pipeline.publisher import Header, HeaderFn, Publisher
 from streamer.pipeline.routes import Row
 from streamer.pipeline.state import Progress, RouteState, StopFlags
 from streamer.pipeline.transactions import (
@@ -62,7 +62,6 @@ from streamer.pipeline.transactions import (
     TransactionalProducerLike,
     transactional_id,
 )
-from streamer.records import codec
 from streamer.records.types import DeadLetter
 
 log = logging.getLogger("streamer.exactly_once")
@@ -115,12 +114,13 @@ class TransactionalPublisher(Publisher):
         group_id: str,
         timeout_s: float,
         extra_headers: HeaderFn | None = None,
+        forward_headers: Iterable[str] = (),
         retry_backoff_s: float = 1.0,
         assign_wait_s: float = 10.0,
     ) -> None:
         super().__init__(
             _NoSharedProducer(), progress, metrics, flags, dlq_topic=dlq_topic,
-            commit=_no_commit, extra_headers=extra_headers,
+            commit=_no_commit, extra_headers=extra_headers, forward_headers=forward_headers,
         )  # fmt: skip
         self._producers = producers
         self._group_id = group_id
@@ -170,9 +170,9 @@ class TransactionalPublisher(Publisher):
         generation: int,
         key: bytes | None,
         letter: DeadLetter,
+        headers: Sequence[Header] | None,
     ) -> None:
-        value = codec.encode_dead_letter(letter)
-        headers = None if self._extra_headers is None else self._extra_headers(tp, offset)
+        value = self.dead_letter_value(letter)
         outcome = Outcome(
             state,
             [(self._dlq_topic, key, value, headers)],

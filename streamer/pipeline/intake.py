@@ -22,11 +22,14 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streamer.errors import DecodeError, ErrorCode
+from streamer.kafka import fetch_guard
+from streamer.kafka.fetch_guard import UnreadableBatch
 from streamer.pipeline.backpressure import Action
 from streamer.pipeline.batch_runner import BatchRunner
 from streamer.pipeline.metrics import Metrics
 from streamer.pipeline.publisher import Publisher
 from streamer.pipeline.routes import Row, source_ts_ms
+from streamer.pipeline.stalls import StalledPartitions
 from streamer.pipeline.state import Progress, RouteState, StopFlags
 
 log = logging.getLogger("streamer.intake")
@@ -66,6 +69,8 @@ class KafkaIntake:
         *,
         max_poll_records: int,
         revoke_timeout_s: float,
+        unreadable_policy: str = "hold",
+        unreadable_retry_s: float = 5.0,
     ) -> None:
         self._consumer = consumer
         self.routes = routes
@@ -81,6 +86,17 @@ class KafkaIntake:
         # re-read their committed offset; backpressure never resumes them (`hold`, `release`).
         self._unready: set[Any] = set()
         self._room = asyncio.Event()  # set when a held route opens or partitions arrive
+        # A batch the consumer cannot read stops only its own partition (fetch_guard), which
+        # is then held (retried with back-off) or skipped with a dead letter, by policy.
+        fetch_guard.install()
+        self._unreadable_policy = unreadable_policy
+        self.stalls = StalledPartitions(retry_s=unreadable_retry_s)
+        self._reports_seen = fetch_guard.reports.count
+        # Schema Registry wire format: the routes share one registry (None: plain JSON only).
+        # (getattr: a handler of a test or a benchmark may predate the attribute.)
+        self._registry = next(
+            (r for s in routes.values() if (r := getattr(s.handler, "registry", None))), None
+        )
         progress.on_done = self.apply_backpressure
 
     @property
@@ -110,6 +126,8 @@ class KafkaIntake:
             if self._flags.stopping.is_set():
                 # Fetched after the stop: not tracked, not committed; the next owner reads them.
                 break
+            if not await self.resolve_schemas(fetched):
+                break  # stopping while the schema registry is away: nothing tracked either
             now = time.monotonic()
             for tp, messages in fetched.items():
                 state = self._by_topic.get(tp.topic)
@@ -118,6 +136,24 @@ class KafkaIntake:
             self._runner.after_fetch(now)
             self.apply_backpressure()
 
+    async def resolve_schemas(self, fetched: dict[Any, list[Any]]) -> bool:
+        """Schema Registry: resolve the chunk's new schema ids before the (synchronous) decode.
+
+        While the registry is away this retries with backoff, readiness false, and ingests
+        nothing: the records are neither tracked nor committed, so none is lost. Partitions
+        revoked meanwhile are dropped from the chunk (their next owner reads them). False when
+        the service stops first.
+        """
+        registry = self._registry
+        if registry is None:
+            return True
+        values = (m.value for messages in fetched.values() for m in messages)
+        if not await registry.prepare_until_ready(values, self._flags.stopping):
+            return False
+        for tp in [tp for tp in fetched if not self.owns(tp)]:
+            del fetched[tp]
+        return True
+
     async def wait_for_room(self, timeout_s: float = 0.1) -> None:
         """Until a held route opens or partitions arrive (or the timeout: re-check)."""
         self._room.clear()
@@ -125,17 +161,32 @@ class KafkaIntake:
             await asyncio.wait_for(self._room.wait(), timeout=timeout_s)
 
     async def fetch(self, partitions: list[Any], max_records: int) -> dict[Any, list[Any]] | None:
-        """One bounded fetch of these partitions; None after a client error (`fetch_failed`)."""
+        """One bounded fetch of these partitions; None after a client error (`fetch_failed`).
+
+        Then the unreadable batches it met (each stops only its own partition) are handled, and
+        held partitions due for a retry are read again.
+        """
         try:
-            return dict(
+            fetched = dict(
                 await self._consumer.getmany(*partitions, timeout_ms=100, max_records=max_records)
             )
         except KafkaError as exc:
             await self.fetch_failed(exc)
             return None
+        if fetch_guard.reports.count != self._reports_seen:
+            self._reports_seen = fetch_guard.reports.count
+            for batch in fetch_guard.take_unreadable(self._consumer, self._consumer.assignment()):
+                self.unreadable(batch)
+        if self.stalls:
+            self._retry_held(fetched)
+        return fetched
 
     async def fetch_failed(self, exc: KafkaError) -> None:
-        """A fetch raised: log it and back off (the consumer retries from the same position)."""
+        """A fetch raised: log it and back off (the consumer retries from the same position).
+
+        Unreadable batches never get here (`fetch_guard`); what does is about the client or a
+        whole topic (authorization, the broker away), not about one partition's data.
+        """
         log.warning("fetch failed", extra={"event": "fetch_error", "error": repr(exc)})
         await asyncio.sleep(0.5)
 
@@ -175,7 +226,11 @@ class KafkaIntake:
         for msg in messages:
             generation = self._progress.track(tp, msg.offset)
             try:
-                good.append((msg, handler.decode(msg.value if msg.value is not None else b"")))
+                if msg.value is None:
+                    raise DecodeError(
+                        ErrorCode.TOMBSTONE, "the record has no value (a tombstone): no event"
+                    )
+                good.append((msg, handler.decode(msg.value)))
             except DecodeError as err:
                 self._publisher.dead_letter_message(
                     state, tp, generation, msg, err.code, err.reason
@@ -205,10 +260,98 @@ class KafkaIntake:
                 input_ids=ids,
                 token_type_ids=types,
                 truncated=truncated or bool(getattr(ev, "truncated", False)),
+                headers=msg.headers,
             )
             for (msg, ev), (ids, types, truncated) in zip(good, encoded, strict=True)
         ]
         self._runner.add(state, rows, now)
+
+    # ------------------------------------------------------------------ unreadable batches
+    def unreadable(self, batch: UnreadableBatch) -> None:
+        """A batch this consumer cannot read stopped its partition (paused by the guard, the
+        position at the batch). `hold`: keep it there, visible, and retry with back-off.
+        `skip`: dead-letter the offset range with the reason and read on after it."""
+        tp = batch.tp
+        state = self._by_topic.get(tp.topic)
+        if state is None or not self.owns(tp):
+            return
+        where = {
+            "topic": tp.topic, "partition": tp.partition, "offset": batch.first_offset,
+            "next_offset": batch.next_offset, "reason": batch.reason, "error": batch.error,
+        }  # fmt: skip
+        first_time = tp not in self.stalls or (
+            (held := self.stalls.get(tp)) is not None
+            and held.batch.first_offset != batch.first_offset
+        )
+        if first_time:
+            self._metrics.unreadable_batches.labels(
+                tp.topic, str(tp.partition), batch.reason, self._unreadable_policy
+            ).inc()
+        if self._unreadable_policy == "skip":
+            self._skip(state, batch)
+            log.error(
+                "unreadable batch skipped: offsets %d..%d of %s[%d] dead-lettered (%s)",
+                batch.first_offset, batch.next_offset - 1, tp.topic, tp.partition, batch.error,
+                extra={"event": "unreadable_skipped", **where},
+            )  # fmt: skip
+            return
+        stall, log_now = self.stalls.report(batch, time.monotonic(), time.time())
+        self._metrics.stalled_since.labels(tp.topic, str(tp.partition), batch.reason).set(
+            stall.wall_since
+        )
+        if log_now:
+            log.error(
+                "partition held at an unreadable batch: %s[%d] offset %d (%s); nothing is "
+                "skipped (unreadable_batch_policy=hold); retrying every <= %.0f s",
+                tp.topic, tp.partition, batch.first_offset, batch.error, self.stalls.max_retry_s,
+                extra={"event": "unreadable_held", "held_s": round(time.monotonic() - stall.since, 1),
+                       **where},
+            )  # fmt: skip
+
+    def _skip(self, state: RouteState, batch: UnreadableBatch) -> None:
+        """One dead letter stands for the whole range; its offsets count as done once it is
+        acknowledged, and the consumer reads on after the batch."""
+        tp = batch.tp
+        state.backpressure.add(1)
+        generation = self._progress.track(tp, batch.first_offset)
+        self._progress.watermark.skip_to(tp, batch.next_offset)
+        self._publisher.dead_letter_range(
+            state, tp, generation, batch.first_offset, batch.next_offset, ErrorCode.UNREADABLE_BATCH,
+            f"unreadable record batch ({batch.reason}): offsets {batch.first_offset}.."
+            f"{batch.next_offset - 1} skipped by unreadable_batch_policy=skip: {batch.error}",
+        )  # fmt: skip
+        self._consumer.seek(tp, batch.next_offset)
+        if tp not in self._unready:
+            self._consumer.resume(tp)
+
+    def _retry_held(self, fetched: Mapping[Any, list[Any]]) -> None:
+        """Held partitions that returned records are readable again; those due are re-read
+        (the guard pauses them again if the batch still cannot be read)."""
+        for tp, messages in fetched.items():
+            held = self.stalls.get(tp)
+            if held is not None and messages and messages[-1].offset >= held.batch.first_offset:
+                self._release_stall(tp, "readable again")
+        for tp in self.stalls.due(time.monotonic()):
+            if self.owns(tp) and tp not in self._unready:
+                self._consumer.resume(tp)
+
+    def _release_stall(self, tp: Any, why: str) -> None:
+        stall = self.stalls.clear(tp)
+        if stall is None:
+            return
+        with contextlib.suppress(KeyError):
+            self._metrics.stalled_since.remove(tp.topic, str(tp.partition), stall.batch.reason)
+        log.info(
+            "partition no longer held: %s[%d] (%s)", tp.topic, tp.partition, why,
+            extra={"event": "unreadable_released", "topic": tp.topic, "partition": tp.partition},
+        )  # fmt: skip
+
+    def stalled_over(self, limit_s: float) -> list[str]:
+        """`topic[partition]@offset (reason)` of partitions held longer than limit_s."""
+        return sorted(
+            f"{s.batch.tp.topic}[{s.batch.tp.partition}]@{s.batch.first_offset} ({s.batch.reason})"
+            for s in self.stalls.older_than(limit_s, time.monotonic())
+        )
 
     # ------------------------------------------------------------------ backpressure
     def apply_backpressure(self) -> None:
@@ -269,6 +412,8 @@ class KafkaIntake:
         self._progress.revoked(revoked)
         await self._publisher.partitions_revoked(revoked)
         self._unready -= revoked
+        for tp in revoked:
+            self._release_stall(tp, "revoked")
         for state in self.routes.values():
             state.paused.difference_update(revoked)
         log.info("revoked", extra={"event": "revoked", "partitions": tp_names(revoked)})
@@ -290,7 +435,7 @@ class KafkaIntake:
             state = self._by_topic.get(tp.topic)
             if state is not None and state.backpressure.paused:
                 state.paused.add(tp)  # opens with the route
-            if self.owns(tp):
+            if self.owns(tp) and tp not in self.stalls:
                 self._consumer.resume(tp)
         self._room.set()
 

@@ -127,6 +127,21 @@ class Metrics:
             "streamer_worker_restarts", "Worker processes restarted so far.", registry=r
         )
         self.commits = Counter("streamer_commits_total", "Offset commits.", registry=r)
+        self.unreadable_batches = Counter(
+            "streamer_unreadable_batches",
+            "Record batches the consumer could not read (reason: codec = no library for its "
+            "compression, crc = checksum mismatch, corrupt), by the policy applied: hold (the "
+            "partition waits, retried) or skip (offsets dead-lettered as UNREADABLE_BATCH).",
+            ["topic", "partition", "reason", "policy"],
+            registry=r,
+        )
+        self.stalled_since = Gauge(
+            "streamer_partition_stalled_since_seconds",
+            "Unix time since which a partition is held at a batch it cannot read (hold policy); "
+            "absent when none is. Alert on time() minus it (deploy/prometheus).",
+            ["topic", "partition", "reason"],
+            registry=r,
+        )
         self.transactions = Counter(
             "streamer_transactions_total",
             "Exactly-once: per-partition transactions committed (results and input offset made "
@@ -189,9 +204,17 @@ class HealthServer:
     loop with the service, so readiness reads the service's state without locks.
     """
 
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        host: str,
+        port: int,
+        why_not: Callable[[], list[str]] | None = None,
+    ) -> None:
         self._metrics = metrics
         self._ready = ready
+        self._why_not = why_not  # reasons named in a 503's body (e.g. held partitions)
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -232,6 +255,8 @@ class HealthServer:
                 ok = self._ready()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
+                if not ok and self._why_not is not None:
+                    body += "".join(f"{why}\n" for why in self._why_not()).encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             head = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -31,6 +31,7 @@ SERVICE_NAME = "streamer"
 PRODUCE_RETRY_BACKOFF_S = 0.2
 
 Record = tuple[bytes | None, bytes, Any]  # key, value, headers
+Header = tuple[str, bytes | None]  # a Kafka header: name, value (None: a null value)
 
 
 class ProducerLike(Protocol):
@@ -47,8 +48,39 @@ CommitFn = Callable[[dict[Any, int]], Awaitable[None]]
 HeaderFn = Callable[[Any, int], list[tuple[str, bytes]]]
 
 
+def forwarded(
+    own: Sequence[Header], upstream: Sequence[Header], names: frozenset[str]
+) -> Sequence[Header]:
+    """`own` headers, then the input record's headers named in `names` (trace context).
+
+    Why this shape: the service's own headers come first and an upstream header of the same
+    name is dropped, so a producer upstream can never relabel a result's model or a replay's
+    id. On the hot path it costs one set lookup per input header, and nothing for a record
+    without headers; `own` is returned as is (not copied) when nothing is forwarded.
+    """
+    if not upstream or not names:
+        return own
+    picked = [(k, v) for k, v in upstream if k in names]
+    if not picked:
+        return own
+    if own:
+        taken = {k for k, _ in own}
+        picked = [(k, v) for k, v in picked if k not in taken]
+    return [*own, *picked]
+
+
 class Publisher:
     """Sends results and dead letters until acknowledged; commits what is contiguously done."""
+
+    # Schema Registry wire format of dead letters (`SchemaRegistry.frame_dead_letter`, set by
+    # app.assemble when a registry is configured); None: plain JSON.
+    frame_dead_letter: Callable[[bytes], bytes] | None = None
+
+    def dead_letter_value(self, letter: DeadLetter) -> bytes:
+        """A dead letter's value bytes: JSON, framed when a registry is configured."""
+        value = codec.encode_dead_letter(letter)
+        frame = self.frame_dead_letter
+        return value if frame is None else frame(value)
 
     def __init__(
         self,
@@ -60,6 +92,7 @@ class Publisher:
         dlq_topic: str,
         commit: CommitFn,
         extra_headers: HeaderFn | None = None,
+        forward_headers: Iterable[str] = (),
     ) -> None:
         self._producer = producer
         self._progress = progress
@@ -68,6 +101,7 @@ class Publisher:
         self._dlq_topic = dlq_topic
         self._commit = commit
         self._extra_headers = extra_headers
+        self._forward = frozenset(forward_headers)  # upstream headers copied to the outputs
 
     # ------------------------------------------------------------------ partitions
     # Exactly-once delivery (`exactly_once.TransactionalPublisher`) keeps a producer per input
@@ -88,17 +122,23 @@ class Publisher:
     def result_records(
         self, state: RouteState, rows: Sequence[Row], values: list[bytes]
     ) -> list[Record]:
-        """(key, value, headers) of each row's result: key = event id, the model's headers."""
+        """(key, value, headers) of each row's result: key = event id, the model's headers,
+        then the input's forwarded headers (`forwarded`)."""
         model = state.handler.model
         headers = [("model", model.name.encode()), ("model_version", model.version.encode())]
         if model.variant == "emulated":  # never mistaken for a model's answer downstream
             headers.append(("device", model.target.encode()))
         extra = self._extra_headers
+        names = self._forward
         return [
             (
                 row.event.event_id.encode(),
                 value,
-                headers if extra is None else headers + extra(row.tp, row.offset),
+                forwarded(
+                    headers if extra is None else headers + extra(row.tp, row.offset),
+                    row.headers,
+                    names,
+                ),
             )
             for row, value in zip(rows, values, strict=True)
         ]
@@ -162,19 +202,44 @@ class Publisher:
         """DLQ a fetched record that cannot be decoded (its raw bytes kept); done on ack."""
         self._dead_letter(
             state, tp, generation, msg.offset, msg.timestamp, msg.key, msg.value or b"", code,
-            reason, None,
+            reason, None, msg.headers,
         )  # fmt: skip
 
     def dead_letter_row(self, state: RouteState, row: Row, code: ErrorCode, reason: str) -> None:
         """DLQ a decoded row whose inference failed alone (its route re-encodes the event)."""
         self._dead_letter(
             state, row.tp, row.generation, row.offset, row.source_ts_ms, row.key,
-            state.handler.payload(row.event), code, reason, row.event.event_id,
+            state.handler.payload(row.event), code, reason, row.event.event_id, row.headers,
         )  # fmt: skip
+
+    def dead_letter_range(
+        self, state: RouteState, tp: Any, generation: int, first: int, end: int, code: ErrorCode,
+        reason: str,
+    ) -> None:  # fmt: skip
+        """DLQ offsets first .. end - 1 that could not be read at all (an unreadable batch the
+        `skip` policy passes): one letter without payload, `source_offset_end` marks the range;
+        done on ack."""
+        letter = DeadLetter.for_record(
+            code,
+            reason,
+            source_topic=tp.topic,
+            source_partition=tp.partition,
+            source_offset=first,
+            source_timestamp_ms=None,
+            payload=b"",
+            key=None,
+            service=SERVICE_NAME,
+            dlq_ts_ms=int(time.time() * 1000),
+            source_offset_end=end,
+        )
+        self._metrics.dlq.labels(code.value).inc()
+        headers = self.dead_letter_headers(tp, first, ())
+        state.spawn(self._publish_dead_letter(state, tp, first, generation, None, letter, headers))
 
     def _dead_letter(
         self, state: RouteState, tp: Any, generation: int, offset: int, ts_ms: int,
         key: bytes | None, payload: bytes, code: ErrorCode, reason: str, event_id: str | None,
+        upstream: Sequence[Header],
     ) -> None:  # fmt: skip
         letter = DeadLetter.for_record(
             code,
@@ -190,7 +255,16 @@ class Publisher:
             event_id=event_id,
         )
         self._metrics.dlq.labels(code.value).inc()
-        state.spawn(self._publish_dead_letter(state, tp, offset, generation, key, letter))
+        headers = self.dead_letter_headers(tp, offset, upstream)
+        state.spawn(self._publish_dead_letter(state, tp, offset, generation, key, letter, headers))
+
+    def dead_letter_headers(
+        self, tp: Any, offset: int, upstream: Sequence[Header]
+    ) -> Sequence[Header] | None:
+        """A dead letter's headers: the replay's (if any), then the input's forwarded ones, so
+        a search request that failed here stays on its trace; None when there are none."""
+        own = [] if self._extra_headers is None else self._extra_headers(tp, offset)
+        return forwarded(own, upstream, self._forward) or None
 
     async def _publish_dead_letter(
         self,
@@ -200,9 +274,9 @@ class Publisher:
         generation: int,
         key: bytes | None,
         letter: DeadLetter,
+        headers: Sequence[Header] | None,
     ) -> None:
-        value = codec.encode_dead_letter(letter)
-        headers = None if self._extra_headers is None else self._extra_headers(tp, offset)
+        value = self.dead_letter_value(letter)
         if await self.send_until_acked(self._dlq_topic, [(key, value, headers)], state.name):
             self._progress.done(state, tp, offset, generation)
 

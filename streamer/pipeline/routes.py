@@ -21,6 +21,7 @@ from streamer.model.artifact import ModelMeta
 from streamer.model.buckets import pad_to_shape
 from streamer.model.tasks import Task
 from streamer.records import codec
+from streamer.records.registry import SchemaRegistry
 from streamer.records.types import DuplicateResult, IntentResult, ProductPairEvent, QueryEvent
 
 TOP_K_SCORES = 3
@@ -39,6 +40,9 @@ class Row:
     input_ids: np.ndarray  # int32 (n_tokens,)
     token_type_ids: np.ndarray  # int32 (n_tokens,)
     truncated: bool
+    # The input record's Kafka headers as fetched (aiokafka's tuple, kept by reference, not
+    # copied): the publisher forwards the configured ones, the tracer links to traceparent.
+    headers: Sequence[tuple[str, bytes | None]] = ()
 
     @property
     def n_tokens(self) -> int:
@@ -100,10 +104,26 @@ class RouteHandler:
     result_topic: str
     model: ModelMeta
     encoder: EncoderLike
+    # Schema Registry wire format (None: plain JSON in and out). Inputs may be framed or plain
+    # (`unframed`); results are framed with our registered schema id (`framed`).
+    registry: SchemaRegistry | None = None
 
     def decode(self, raw: bytes) -> QueryEvent | ProductPairEvent:
         """Decode and validate one record; raises DecodeError."""
         raise NotImplementedError
+
+    def unframed(self, raw: bytes) -> Any:
+        """The JSON payload of a record value: a registry frame stripped and validated against
+        its writer's schema (the intake resolved its id before decoding); raises DecodeError."""
+        return raw if self.registry is None else self.registry.unwrap(raw)
+
+    def framed(self, out: list[bytes | EncodeError]) -> list[bytes | EncodeError]:
+        """Results in the registry's wire format (our schema id for the result topic)."""
+        registry = self.registry
+        if registry is None:
+            return out
+        return [v if isinstance(v, EncodeError) else registry.frame_for(self.result_topic, v)
+                for v in out]  # fmt: skip
 
     def tokenize(self, events: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         """Token ids for a chunk of events, one tokenizer call."""
@@ -125,7 +145,7 @@ class IntentRoute(RouteHandler):
     max_query_chars: int = 512
 
     def decode(self, raw: bytes) -> QueryEvent:
-        return codec.decode_query(raw, max_query_chars=self.max_query_chars)
+        return codec.decode_query(self.unframed(raw), max_query_chars=self.max_query_chars)
 
     def tokenize(self, events: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         return _rows_from_encoding(self.encoder.encode_queries([e.query for e in events]))
@@ -158,7 +178,7 @@ class IntentRoute(RouteHandler):
                     ),
                 )
             )
-        return out
+        return self.framed(out)
 
 
 @dataclass
@@ -166,7 +186,7 @@ class DuplicateRoute(RouteHandler):
     """Product pair -> customer-perceived duplicate probability and decision."""
 
     def decode(self, raw: bytes) -> ProductPairEvent:
-        return codec.decode_pair(raw)
+        return codec.decode_pair(self.unframed(raw))
 
     def tokenize(self, events: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         return _rows_from_encoding(
@@ -204,7 +224,7 @@ class DuplicateRoute(RouteHandler):
                     ),
                 )
             )
-        return out
+        return self.framed(out)
 
 
 def _encoded(encode: Any, result: Any) -> bytes | EncodeError:

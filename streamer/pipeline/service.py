@@ -35,6 +35,7 @@ from streamer.pipeline.lag import GroupLagMonitor
 from streamer.pipeline.metrics import HealthServer, Metrics
 from streamer.pipeline.publisher import Publisher
 from streamer.pipeline.state import Progress, RouteState, StopFlags
+from streamer.records.registry import RegistryUnavailableError, SchemaRegistry
 
 log = logging.getLogger("streamer.service")
 
@@ -162,12 +163,15 @@ class Service:
         progress: Progress,
         needed_topics: set[str],
         drain_timeout_s: float,
+        unreadable_ready_s: float = 60.0,
         commit_interval_s: float,
-        health: Callable[[Callable[[], bool]], HealthServer] | None = None,
+        health: Callable[[Callable[[], bool], Callable[[], list[str]]], HealthServer] | None = None,
         public_settings: Mapping[str, Any] | None = None,
         lag_monitor: GroupLagMonitor | None = None,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.routes = routes
+        self.registry = registry
         self.executor = executor
         self.clients = clients
         self.intake = intake
@@ -180,6 +184,7 @@ class Service:
         self._drain_timeout_s = drain_timeout_s
         self._commit_interval_s = commit_interval_s
         self._make_health = health
+        self._unreadable_ready_s = unreadable_ready_s
         self._health: HealthServer | None = None
         self._public_settings = dict(public_settings or {})
         self._lag_monitor = lag_monitor
@@ -197,14 +202,21 @@ class Service:
             await self.executor.close()
             raise
         try:
+            if self.registry is not None:
+                # Our result and dead-letter schemas, registered before anything is written.
+                await self.registry.start()
             await self.intake.prepare()
+        except RegistryUnavailableError as exc:
+            await self.clients.stop()
+            await self.executor.close()
+            raise StartupError(str(exc)) from exc
         except BaseException:
             await self.clients.stop()
             await self.executor.close()
             raise
         self.intake.subscribe()
         if self._make_health is not None:
-            self._health = self._make_health(self.is_ready)
+            self._health = self._make_health(self.is_ready, self.not_ready_reasons)
             await self._health.start()
         self._ready = True
         log.info(
@@ -235,7 +247,19 @@ class Service:
             and not self.flags.stopping.is_set()
             and self.executor.live_workers() > 0
             and self.clients.broker_reachable
+            # Schema Registry away: fetched records are held, not decoded (intake.resolve_schemas).
+            and (self.registry is None or self.registry.available)
+            # A partition held at a batch it cannot read, past the bound: an operator must act.
+            and not self.intake.stalled_over(self._unreadable_ready_s)
         )
+
+    def not_ready_reasons(self) -> list[str]:
+        """What /readyz names when it answers 503 (the partitions held too long, if any)."""
+        held = self.intake.stalled_over(self._unreadable_ready_s)
+        reasons = [f"partition held at an unreadable batch: {name}" for name in held]
+        if self.registry is not None and not self.registry.available:
+            reasons.append("schema registry unavailable: fetched records held until it answers")
+        return reasons
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self) -> None:
@@ -317,7 +341,14 @@ class Service:
             await asyncio.wait_for(
                 self.publisher.commit(), timeout=max(1.0, deadline - time.monotonic())
             )
-        log.info("drained", extra={"event": "drained", "complete": drained})
+        held = self.intake.stalled_over(0.0)
+        # Work in hand is done; a partition held at an unreadable batch is not, and the next
+        # owner meets the same batch: say so instead of a plain "complete".
+        log.log(
+            logging.WARNING if held else logging.INFO,
+            "drained",
+            extra={"event": "drained", "complete": drained, "held_partitions": held},
+        )
         return drained
 
     async def _gauges_loop(self) -> None:
@@ -340,4 +371,7 @@ class Service:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publisher.close(), timeout=max(1.0, self._drain_timeout_s))
         await self.clients.stop()
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await self.registry.close()
         await self.executor.close()

@@ -222,7 +222,14 @@ async def run_replay(
     on_progress: Any = None,
 ) -> Outcome:
     """Run the planned ranges through the service's parts until done (or a signal)."""
-    from streamer.app import assemble, batch_policies, build_executor, served_model, target_rates
+    from streamer.app import (
+        assemble,
+        batch_policies,
+        build_executor,
+        build_registry,
+        served_model,
+        target_rates,
+    )
     from streamer.kafka.access import BrokerAccess
     from streamer.kafka.clients import make_consumer, make_producer
     from streamer.model.tokenize import Encoder
@@ -248,6 +255,7 @@ async def run_replay(
         commit=checkpoint.commit,
         extra_headers=headers_for(request.replay_id),
         access=BrokerAccess(settings),
+        registry=build_registry(settings),
     )
     intake = service.intake
     assert isinstance(intake, BoundedIntake)

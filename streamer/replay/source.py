@@ -131,6 +131,8 @@ class BoundedIntake(KafkaIntake):
             fetched = await self.fetch(readable, await self._throttle.take(self.room()))
             if fetched is None:
                 continue
+            if not await self.resolve_schemas(fetched):
+                break  # stopping while the schema registry is away: nothing tracked
             now = time.monotonic()
             for tp, messages in fetched.items():
                 rng = self.plan.get(TP(tp.topic, tp.partition))

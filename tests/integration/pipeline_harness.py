@@ -138,7 +138,7 @@ class ServiceProcess:
             ) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as err:
-            return err.code, ""
+            return err.code, err.read().decode(errors="replace")
         except OSError:
             return 0, ""
 

