@@ -163,9 +163,15 @@ class KafkaIntake:
     async def fetch(self, partitions: list[Any], max_records: int) -> dict[Any, list[Any]] | None:
         """One bounded fetch of these partitions; None after a client error (`fetch_failed`).
 
-        Then the unreadable batches it met (each stops only its own partition) are handled, and
-        held partitions due for a retry are read again.
+        First the unreadable batches the previous fetch met are handled (each stopped only its
+        own partition): only now, because the records that fetch returned from before the
+        batch have been ingested, so a skip's dead letter is tracked after them, in offset
+        order. Held partitions due for a retry are read again.
         """
+        if fetch_guard.reports.count != self._reports_seen:
+            self._reports_seen = fetch_guard.reports.count
+            for batch in fetch_guard.take_unreadable(self._consumer, self._consumer.assignment()):
+                self.unreadable(batch)
         try:
             fetched = dict(
                 await self._consumer.getmany(*partitions, timeout_ms=100, max_records=max_records)
@@ -173,10 +179,6 @@ class KafkaIntake:
         except KafkaError as exc:
             await self.fetch_failed(exc)
             return None
-        if fetch_guard.reports.count != self._reports_seen:
-            self._reports_seen = fetch_guard.reports.count
-            for batch in fetch_guard.take_unreadable(self._consumer, self._consumer.assignment()):
-                self.unreadable(batch)
         if self.stalls:
             self._retry_held(fetched)
         return fetched
@@ -309,12 +311,12 @@ class KafkaIntake:
             )  # fmt: skip
 
     def _skip(self, state: RouteState, batch: UnreadableBatch) -> None:
-        """One dead letter stands for the whole range; its offsets count as done once it is
-        acknowledged, and the consumer reads on after the batch."""
+        """One dead letter stands for the whole range and is accounted at its last offset, so
+        its acknowledgement (or, exactly-once, its transaction) commits past the batch; the
+        consumer reads on after it."""
         tp = batch.tp
         state.backpressure.add(1)
-        generation = self._progress.track(tp, batch.first_offset)
-        self._progress.watermark.skip_to(tp, batch.next_offset)
+        generation = self._progress.track(tp, batch.next_offset - 1)
         self._publisher.dead_letter_range(
             state, tp, generation, batch.first_offset, batch.next_offset, ErrorCode.UNREADABLE_BATCH,
             f"unreadable record batch ({batch.reason}): offsets {batch.first_offset}.."

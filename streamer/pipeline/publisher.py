@@ -218,7 +218,7 @@ class Publisher:
     ) -> None:  # fmt: skip
         """DLQ offsets first .. end - 1 that could not be read at all (an unreadable batch the
         `skip` policy passes): one letter without payload, `source_offset_end` marks the range;
-        done on ack."""
+        tracked (by the intake) and done at end - 1, the range's last offset, on ack."""
         letter = DeadLetter.for_record(
             code,
             reason,
@@ -234,7 +234,9 @@ class Publisher:
         )
         self._metrics.dlq.labels(code.value).inc()
         headers = self.dead_letter_headers(tp, first, ())
-        state.spawn(self._publish_dead_letter(state, tp, first, generation, None, letter, headers))
+        state.spawn(
+            self._publish_dead_letter(state, tp, end - 1, generation, None, letter, headers)
+        )
 
     def _dead_letter(
         self, state: RouteState, tp: Any, generation: int, offset: int, ts_ms: int,
