@@ -127,11 +127,15 @@ class Settings(BaseSettings):
     # is in flight, so latency pays nothing at low rates and throughput little at high ones.
     producer_linger_ms: int = Field(0, ge=0, le=1000)
     # Codec of the results and dead letters the service produces (what the broker stores and
-    # every downstream reader decodes). Inputs in any codec are read regardless.
+    # every downstream reader decodes). Inputs in any codec are read regardless. zstd: in
+    # same-run A/Bs no codec moved P99 or CPU per event beyond run-to-run noise (real model
+    # 50/s; emulated H200 500-3,000/s), and zstd stores a result batch in the fewest bytes
+    # (33% of uncompressed at 4 records, 16% at 256) for 1.5-6 us of CPU per record
+    # (BENCHMARKS.md, "Result codecs"). Readers need a Kafka 2.1+ client.
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        "none",
+        "zstd",
         description="Compression of result and dead-letter batches: none, gzip, snappy, lz4 "
-        "or zstd (BENCHMARKS.md compares their CPU per event and P99).",
+        "or zstd (the default; readers need a Kafka 2.1+ client, else choose lz4 or none).",
     )
     producer_idempotence: bool = Field(
         True,

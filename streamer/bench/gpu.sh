@@ -85,6 +85,9 @@ done
 log "benchmark: contenders $CONTENDERS, routes $PATHS, results in $OUT"
 # Tansu rejects idempotent producers (DESIGN.md section 5): the service must not ask for one.
 export STREAMER_PRODUCER_IDEMPOTENCE=false
+# Tansu's handling of compressed batches is unverified: results go uncompressed there, as in
+# the earlier GPU runs.
+export STREAMER_PRODUCER_COMPRESSION="${STREAMER_PRODUCER_COMPRESSION-none}"
 VARIANTS="${VARIANTS-idle:STREAMER_DISPATCH_WHEN_IDLE=true}"
 variant_args=()
 for v in $VARIANTS; do variant_args+=(--variant "$v"); done

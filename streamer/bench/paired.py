@@ -141,7 +141,12 @@ def report(results: dict[str, Any]) -> str:
         f"- command: `{meta['command']}`",
         f"- git commit: `{meta['git_commit']}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
         f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores",
-        f"- model artifact: {meta['artifact']['model_name']} {meta['artifact']['model_version']}",
+        f"- model artifact: {meta['artifact']['model_name']} {meta['artifact']['model_version']}"
+        + (
+            f", served by an EMULATED {meta['emulated_device']} (no model runs)"
+            if meta.get("emulated_device")
+            else ""
+        ),
         f"- steps: {meta['step_s']} s, {meta['partitions']} partitions; medians over rounds; "
         "exactly-once variants by the read_committed sink's observation clock, others by the "
         "broker append time (observed P99 given for all)",
@@ -184,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         help="one variant per result codec (label = codec, STREAMER_PRODUCER_COMPRESSION), "
         "e.g. none,gzip,snappy,lz4,zstd",
     )
+    p.add_argument(
+        "--emulate",
+        choices=("h200", "inf2"),
+        help="every variant serves through this EMULATED accelerator (the host path alone)",
+    )
     p.add_argument("--artifact", type=Path, help="model (default: the shipped one)")
     p.add_argument("--data-dir", help="shared data sets (default ../shared/data)")
     p.add_argument("--bootstrap", help="use this cluster (else a local Kafka for the run)")
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --variant or --compression")
     cfg = BenchConfig.preset(
         "quick", Path(artifact).resolve(), args.out, contenders=(), bootstrap=args.bootstrap,
-        data_root=args.data_dir, variants=variants, step_s=args.step_s,
+        data_root=args.data_dir, variants=variants, step_s=args.step_s, emulate=args.emulate,
     )  # fmt: skip
     rates = [float(r) for r in args.rates.split(",") if r]
     results = asyncio.run(

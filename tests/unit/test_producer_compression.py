@@ -25,12 +25,13 @@ from streamer.kafka.clients import compression_type, make_producer, make_transac
 CODEC_ID = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
 
-def test_default_is_no_compression(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Today's behaviour until the benchmark picks a codec (BENCHMARKS.md)."""
+def test_default_is_zstd_and_none_is_no_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstd by default (chosen by BENCHMARKS.md, "Result codecs"); "none" is aiokafka's None."""
     monkeypatch.delenv("STREAMER_PRODUCER_COMPRESSION", raising=False)
     settings = load_settings()
-    assert settings.producer_compression == "none"
-    assert compression_type(settings) is None  # aiokafka's spelling of "no codec"
+    assert settings.producer_compression == "zstd"
+    assert compression_type(settings) == "zstd"
+    assert compression_type(load_settings(producer_compression="none")) is None
 
 
 @pytest.mark.parametrize("codec", CODECS)
