@@ -87,14 +87,16 @@ def no_lz4_service(kafka_bootstrap: str, tiny_cpu_artifact: Path, tmp_path: Path
 async def test_hold_stops_only_the_partition_and_says_so(kafka_bootstrap, no_lz4_service):
     topics = await create_topics(kafka_bootstrap, partitions=2)
     ids = await _layout(kafka_bootstrap, topics.queries)
-    svc = no_lz4_service(topics, STREAMER_UNREADABLE_READY_S="0")
+    # Held longer than 3 s: unready. Not 0, or /readyz could turn 503 before the harness's
+    # start() saw it ready (the first fetch meets the batch within milliseconds).
+    svc = no_lz4_service(topics, STREAMER_UNREADABLE_READY_S="3")
     readable = set(ids["p0_before"] + ids["p0_after"] + ids["p1_before"])
     seen = await collect(kafka_bootstrap, topics.intents, readable, timeout_s=60, settle_s=3)
     assert readable <= seen.keys()  # the other partition and what came before the batch
     assert not (set(ids["p1_lz4"] + ids["p1_after"]) & seen.keys())  # held: nothing skipped
 
     status, body = 0, ""
-    for _ in range(50):
+    for _ in range(150):
         status, body = svc.http("/readyz")
         if status == 503:
             break
