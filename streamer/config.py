@@ -8,6 +8,7 @@ logs or reprs.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -313,20 +314,10 @@ class Settings(BaseSettings):
         "OTEL_* variables say (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...).",
     )
 
-    @field_validator("forward_headers", mode="before")
-    @classmethod
-    def _split_forward_headers(cls, value: Any) -> Any:
-        """Accept 'traceparent,tracestate' from env vars and flags as well as TOML lists."""
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
     @field_validator("forward_headers")
     @classmethod
     def _check_header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         """Header names as tracing and messaging headers spell them; a typo fails at start."""
-        import re  # local: this feature's settings stay in one block
-
         for name in value:
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", name):
                 raise ValueError(
@@ -337,10 +328,11 @@ class Settings(BaseSettings):
 
     # --- end of trace context and headers
 
-    @field_validator("routes", mode="before")
+    @field_validator("routes", "forward_headers", mode="before")
     @classmethod
-    def _split_routes(cls, value: Any) -> Any:
-        """Accept 'intent,duplicate' from env vars and flags as well as lists from TOML."""
+    def _split_comma_list(cls, value: Any) -> Any:
+        """Accept 'intent,duplicate' (or 'traceparent,tracestate') from env vars and flags as
+        well as lists from TOML."""
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value

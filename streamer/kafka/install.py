@@ -50,12 +50,17 @@ class Installation:
         return str(self.libs / "*")
 
 
-def kafka_home() -> Path:
-    """Root of the Kafka cache: `$STREAMER_KAFKA_HOME` or `~/.cache/streamer/kafka`."""
-    override = os.environ.get(HOME_ENV)
+def cache_home(env: str, name: str) -> Path:
+    """Root of one downloaded tool's cache: `$<env>` or `~/.cache/streamer/<name>`."""
+    override = os.environ.get(env)
     if override:
         return Path(override).expanduser()
-    return Path.home() / ".cache" / "streamer" / "kafka"
+    return Path.home() / ".cache" / "streamer" / name
+
+
+def kafka_home() -> Path:
+    """Root of the Kafka cache: `$STREAMER_KAFKA_HOME` or `~/.cache/streamer/kafka`."""
+    return cache_home(HOME_ENV, "kafka")
 
 
 def version_dir(version: str = KAFKA_VERSION, home: Path | None = None) -> Path:

@@ -28,7 +28,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from streamer.kafka.install import _install_lock
+from streamer.kafka.install import _install_lock, cache_home
 from streamer.kafka.local_broker import HOST, _die_with_parent, find_java, free_port
 
 APICURIO_VERSION = "2.6.13.Final"
@@ -46,10 +46,7 @@ class RegistryStartError(RuntimeError):
 
 def registry_home() -> Path:
     """Root of the registry cache: `$STREAMER_REGISTRY_HOME` or `~/.cache/streamer/apicurio`."""
-    override = os.environ.get(HOME_ENV)
-    if override:
-        return Path(override).expanduser()
-    return Path.home() / ".cache" / "streamer" / "apicurio"
+    return cache_home(HOME_ENV, "apicurio")
 
 
 def runner_jar(version: str = APICURIO_VERSION, home: Path | None = None) -> Path:

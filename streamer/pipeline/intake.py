@@ -281,11 +281,8 @@ class KafkaIntake:
             "topic": tp.topic, "partition": tp.partition, "offset": batch.first_offset,
             "next_offset": batch.next_offset, "reason": batch.reason, "error": batch.error,
         }  # fmt: skip
-        first_time = tp not in self.stalls or (
-            (held := self.stalls.get(tp)) is not None
-            and held.batch.first_offset != batch.first_offset
-        )
-        if first_time:
+        held = self.stalls.get(tp)
+        if held is None or held.batch.first_offset != batch.first_offset:  # not a retry
             self._metrics.unreadable_batches.labels(
                 tp.topic, str(tp.partition), batch.reason, self._unreadable_policy
             ).inc()

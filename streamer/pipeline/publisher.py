@@ -219,30 +219,17 @@ class Publisher:
         """DLQ offsets first .. end - 1 that could not be read at all (an unreadable batch the
         `skip` policy passes): one letter without payload, `source_offset_end` marks the range;
         tracked (by the intake) and done at end - 1, the range's last offset, on ack."""
-        letter = DeadLetter.for_record(
-            code,
-            reason,
-            source_topic=tp.topic,
-            source_partition=tp.partition,
-            source_offset=first,
-            source_timestamp_ms=None,
-            payload=b"",
-            key=None,
-            service=SERVICE_NAME,
-            dlq_ts_ms=int(time.time() * 1000),
-            source_offset_end=end,
-        )
-        self._metrics.dlq.labels(code.value).inc()
-        headers = self.dead_letter_headers(tp, first, ())
-        state.spawn(
-            self._publish_dead_letter(state, tp, end - 1, generation, None, letter, headers)
+        self._dead_letter(
+            state, tp, generation, first, None, None, b"", code, reason, None, (), end=end
         )
 
     def _dead_letter(
-        self, state: RouteState, tp: Any, generation: int, offset: int, ts_ms: int,
+        self, state: RouteState, tp: Any, generation: int, offset: int, ts_ms: int | None,
         key: bytes | None, payload: bytes, code: ErrorCode, reason: str, event_id: str | None,
-        upstream: Sequence[Header],
+        upstream: Sequence[Header], end: int | None = None,
     ) -> None:  # fmt: skip
+        """One dead letter for `offset` (or the range `offset` .. `end` - 1, done at its last
+        offset), sent until acknowledged; its offset counts as done then."""
         letter = DeadLetter.for_record(
             code,
             reason,
@@ -255,10 +242,12 @@ class Publisher:
             service=SERVICE_NAME,
             dlq_ts_ms=int(time.time() * 1000),
             event_id=event_id,
+            source_offset_end=end,
         )
         self._metrics.dlq.labels(code.value).inc()
         headers = self.dead_letter_headers(tp, offset, upstream)
-        state.spawn(self._publish_dead_letter(state, tp, offset, generation, key, letter, headers))
+        done_at = offset if end is None else end - 1
+        state.spawn(self._publish_dead_letter(state, tp, done_at, generation, key, letter, headers))
 
     def dead_letter_headers(
         self, tp: Any, offset: int, upstream: Sequence[Header]

@@ -32,6 +32,7 @@ from streamer.bench.harness import (
 )
 from streamer.kafka.local_broker import FAST_START_JVM_FLAGS, LocalKafka
 from streamer.kafka.security import security_env_names
+from tests.fixtures.kafka import running
 from tests.integration.pipeline_harness import REPO
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -43,16 +44,11 @@ RECORD_LINE = re.compile(r"^\d+:\d+ ", re.MULTILINE)  # `streamer tail`: partiti
 @pytest.fixture(scope="module")
 def secure_kafka() -> Iterator[LocalKafka]:
     """A secured broker of this module's own (users: admin, a super user; streamer)."""
-    kafka = LocalKafka(jvm_flags=FAST_START_JVM_FLAGS, secure=True, users=("streamer",))
-    try:
-        kafka.start()
-    except Exception as exc:
-        kafka.close()
-        pytest.fail(f"could not start the secured local Kafka: {exc}", pytrace=False)
-    try:
+    with running(
+        LocalKafka(jvm_flags=FAST_START_JVM_FLAGS, secure=True, users=("streamer",)),
+        "could not start the secured local Kafka",
+    ) as kafka:
         yield kafka
-    finally:
-        kafka.close()
 
 
 def _env(kafka: LocalKafka, user: str | None, **extra: str) -> dict[str, str]:

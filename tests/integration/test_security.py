@@ -23,6 +23,7 @@ from aiokafka.errors import TopicAuthorizationFailedError
 from streamer.kafka.local_broker import FAST_START_JVM_FLAGS, LocalKafka
 from streamer.kafka.local_tls import CertificateAuthority
 from streamer.records.samples import BAD_RECORDS
+from tests.fixtures.kafka import running
 from tests.integration.pipeline_harness import (
     QUERIES,
     ServiceProcess,
@@ -43,16 +44,11 @@ GROUP = "streamer-secure"
 @pytest.fixture(scope="module")
 def secure_kafka() -> Iterator[LocalKafka]:
     """A secured broker of this module's own."""
-    kafka = LocalKafka(jvm_flags=FAST_START_JVM_FLAGS, secure=True, users=("streamer", "outsider"))
-    try:
-        kafka.start()
-    except Exception as exc:
-        kafka.close()
-        pytest.fail(f"could not start the secured local Kafka: {exc}", pytrace=False)
-    try:
+    with running(
+        LocalKafka(jvm_flags=FAST_START_JVM_FLAGS, secure=True, users=("streamer", "outsider")),
+        "could not start the secured local Kafka",
+    ) as kafka:
         yield kafka
-    finally:
-        kafka.close()
 
 
 def _admin(kafka: LocalKafka) -> dict:

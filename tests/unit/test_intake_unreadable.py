@@ -17,24 +17,18 @@ from typing import Any
 from aiokafka.consumer.subscription_state import Assignment
 from aiokafka.structs import TopicPartition
 
-from streamer.app import assemble, target_rates
-from streamer.config import load_settings
 from streamer.kafka import fetch_guard
 from streamer.kafka.fetch_guard import UnreadableBatch
-from streamer.model.artifact import ModelMeta
-from streamer.pipeline.batcher import intent_policy
-from streamer.pipeline.routes import make_routes
 from streamer.pipeline.service import Service
 from streamer.records import codec
 from tests.unit.test_trace_context import (
     DLQ,
     INTENTS,
     QUERIES,
-    _Encoder,
-    _Executor,
     _Msg,
     _Producer,
     _query,
+    _service,
 )
 
 TP0 = TopicPartition(QUERIES, 0)
@@ -95,15 +89,8 @@ class _ValueProducer(_Producer):
 
 
 def _wire(consumer: _GuardedConsumer, **overrides: Any) -> tuple[Service, _ValueProducer]:
-    settings = load_settings(routes="intent", topic_queries=QUERIES, **overrides)
-    settings = settings.model_copy(update=target_rates("cpu", settings))
-    model = ModelMeta(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
-    policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=10.0)
     producer = _ValueProducer()
-    service = assemble(
-        settings, make_routes(settings, model, _Encoder()), _Executor(),  # type: ignore[arg-type]
-        {"intent": policy}, producer=producer, consumer=consumer,  # type: ignore[arg-type]
-    )  # fmt: skip
+    service, _ = _service(producer=producer, consumer=consumer, **overrides)
     return service, producer
 
 

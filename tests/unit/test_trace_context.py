@@ -38,6 +38,7 @@ from streamer.pipeline.service import Service, StartupError
 from streamer.pipeline.state import Progress, StopFlags
 from streamer.pipeline.tracing import BatchTracer
 from tests.unit.test_exactly_once import Q0, FakeBroker, FakeControl, FakeTxnProducer, _state, _wait
+from tests.unit.test_service_dispatch import _Encoder
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 SPAN_ID = "b7ad6b7169203331"
@@ -91,20 +92,6 @@ def test_forward_headers_setting_is_a_validated_comma_list(monkeypatch: Any) -> 
 
 
 # --------------------------------------------------------------------------- the pipeline
-class _Encoder:
-    def encode_queries(self, texts: list[str]) -> Any:
-        n = len(texts)
-        return SimpleNamespace(
-            input_ids=np.full((n, 4), 7, dtype=np.int32),
-            token_type_ids=np.zeros((n, 4), dtype=np.int32),
-            lengths=np.full(n, 4),
-            truncated=np.zeros(n, dtype=bool),
-        )
-
-    def encode_products(self, lefts: list[Any], rights: list[Any]) -> Any:
-        raise NotImplementedError
-
-
 class _Executor:
     """Answers at once; with `fail`, every model call raises (the batch is bisected)."""
 
@@ -187,16 +174,19 @@ def _service(
     fail: bool = False,
     tracer: BatchTracer | None = None,
     extra_headers: HeaderFn | None = None,
+    producer: _Producer | None = None,
+    consumer: Any = None,
     **overrides: Any,
 ) -> tuple[Service, _Producer]:
+    """The real parts around fakes; `producer` and `consumer` replace the default stand-ins."""
     settings = load_settings(routes="intent", topic_queries=QUERIES, **overrides)
     settings = settings.model_copy(update=target_rates("cpu", settings))
     model = ModelMeta(name="m", version="1", labels=("a", "b"), duplicate_threshold=0.5)
     policy = intent_policy(max_batch=8, max_padded_tokens=8 * 16, max_linger_s=10.0)
-    producer = _Producer()
+    producer = producer or _Producer()
     service = assemble(
         settings, make_routes(settings, model, _Encoder()), _Executor(fail),  # type: ignore[arg-type]
-        {"intent": policy}, producer=producer, consumer=_Consumer(),
+        {"intent": policy}, producer=producer, consumer=consumer or _Consumer(),
         extra_headers=extra_headers, tracer=tracer,
     )  # fmt: skip
     return service, producer
