@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from streamer.errors import ErrorCode
+from streamer.pipeline.attribution import BatchClock
 from streamer.pipeline.batcher import Batch
 from streamer.pipeline.executor import Executor
 from streamer.pipeline.executor_errors import ExecutorBrokenError, ExecutorClosedError
@@ -133,8 +134,9 @@ class BatchRunner:
         """Run one batch through the model and publish its results; never raises."""
         name = state.name
         rows = batch.items
+        started = time.monotonic()
         # queue: closed -> picked up by this task (event-loop lag under load).
-        queue_wait = max(0.0, time.monotonic() - batch.closed_at)
+        queue_wait = max(0.0, started - batch.closed_at)
         state.linger.observe("queue", queue_wait)
         self._metrics.stage_latency.labels(name, "queue").observe(queue_wait)
         self._metrics.stage_latency.labels(name, "linger").observe(
@@ -146,7 +148,13 @@ class BatchRunner:
         stages = None if self._tracer is None else BatchStages(queue_s=queue_wait)
         try:
             await self._infer_and_publish(
-                state, rows, batch.padded_rows, batch.seq_len, top=True, stages=stages
+                state,
+                rows,
+                batch.padded_rows,
+                batch.seq_len,
+                top=True,
+                stages=stages,
+                clock=BatchClock(closed=batch.closed_at, started=started),
             )
         except Exception:  # pragma: no cover - last line of defence; logged, rows stay pending
             log.exception("batch failed", extra={"event": "batch_failed", "route": name})
@@ -167,17 +175,20 @@ class BatchRunner:
         seq_len: int,
         top: bool = False,
         stages: BatchStages | None = None,
+        clock: BatchClock | None = None,
     ) -> None:
         """Infer rows; on failure split the batch so one bad row cannot fail the others.
 
         ``top`` marks the batch's first model call: when it returns, the batch no longer
         occupies a worker (bisection retries of a failed batch are not counted). ``stages``
-        (tracing on) collects the model and publish times for the batch's span.
+        (tracing on) collects the model and publish times for the batch's span. ``clock``
+        (the whole batch's first call only) collects its hand-off times for the tail
+        attribution; bisected parts are not attributed.
         """
         t0 = time.monotonic()
         try:
             ids, mask, types = pack_rows(rows, padded_rows, seq_len)
-            scores = await self._executor.submit(state.handler.task, ids, mask, types)
+            scores = await self._executor.submit(state.handler.task, ids, mask, types, times=clock)
         except (ExecutorBrokenError, ExecutorClosedError) as exc:
             # Not this batch's fault: leave its rows uncommitted (the next owner redoes them)
             # and stop, so the orchestrator restarts a service whose workers cannot run.
@@ -209,7 +220,10 @@ class BatchRunner:
                 self.running_batches -= 1
                 if not self._flags.stopping.is_set():
                     self.dispatch_if_idle()
-        model_s = time.monotonic() - t0
+        back = time.monotonic()
+        model_s = back - t0
+        if clock is not None:
+            clock.back = back
         if stages is not None:
             stages.model_calls += 1
             stages.model_s += model_s
@@ -228,6 +242,6 @@ class BatchRunner:
                     stages.dead_letters += 1
         if good_rows:
             t_publish = time.monotonic()
-            await self._publisher.publish(state, good_rows, values)
+            await self._publisher.publish(state, good_rows, values, clock=clock)
             if stages is not None:
                 stages.publish_s += time.monotonic() - t_publish

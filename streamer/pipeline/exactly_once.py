@@ -52,6 +52,7 @@ from typing import Any, Protocol
 
 from aiokafka.errors import TransactionalIdAuthorizationFailed
 
+from streamer.pipeline.attribution import BatchClock
 from streamer.pipeline.metrics import Metrics
 from streamer.pipeline.publisher import Header, HeaderFn, Publisher
 from streamer.pipeline.routes import Row
@@ -144,8 +145,17 @@ class TransactionalPublisher(Publisher):
         return self._control
 
     # ------------------------------------------------------------------ outcomes
-    async def publish(self, state: RouteState, rows: Sequence[Row], values: list[bytes]) -> None:
-        """Hand one batch's results to their partitions' transactions (released in order)."""
+    async def publish(
+        self,
+        state: RouteState,
+        rows: Sequence[Row],
+        values: list[bytes],
+        clock: BatchClock | None = None,
+    ) -> None:
+        """Hand one batch's results to their partitions' transactions (released in order).
+
+        `clock` is not attributed here: a result becomes visible at its transaction's commit,
+        on the commit interval, which is the whole story of this mode's tail."""
         topic = state.handler.result_topic
         touched: dict[int, PartitionTxn] = {}
         for row, (key, value, headers) in zip(

@@ -21,6 +21,7 @@ import collections
 import itertools
 import logging
 import os
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
@@ -60,6 +61,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class RunTimes(Protocol):
+    """Where an executor stamps when a batch's model run started and ended (time.monotonic()
+    seconds; a worker's CLOCK_MONOTONIC is the same clock), for the tail attribution."""
+
+    run_start: float | None
+    run_end: float | None
+
+
 class Executor(Protocol):
     """What the service needs from an executor; it never knows which one it has."""
 
@@ -77,8 +86,10 @@ class Executor(Protocol):
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray,
+        times: RunTimes | None = None,
     ) -> np.ndarray:
-        """Run one int32 (B, L) batch; return float32 (B, K) scores."""
+        """Run one int32 (B, L) batch; return float32 (B, K) scores. `times`, if given, gets
+        the run's start and end stamps (left None where the run did not happen)."""
         ...
 
     async def close(self) -> None:
@@ -190,6 +201,7 @@ class InProcessExecutor:
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray,
+        times: RunTimes | None = None,
     ) -> np.ndarray:
         """Run one batch on the runner thread."""
         if self._closed:
@@ -205,7 +217,9 @@ class InProcessExecutor:
         )
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._run, Task(task), ids, mask, types)
+            return await loop.run_in_executor(
+                self._pool, self._run, Task(task), ids, mask, types, times
+            )
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if self._closed and (current is None or not current.cancelling()):
@@ -214,12 +228,21 @@ class InProcessExecutor:
             raise
 
     def _run(
-        self, task: Task, input_ids: np.ndarray, mask: np.ndarray, types: np.ndarray
+        self,
+        task: Task,
+        input_ids: np.ndarray,
+        mask: np.ndarray,
+        types: np.ndarray,
+        times: RunTimes | None,
     ) -> np.ndarray:
+        start = time.monotonic()
         try:
-            return _as_scores(self._runner.run(task, input_ids, mask, types), len(input_ids))
+            scores = self._runner.run(task, input_ids, mask, types)
         except Exception as exc:
             raise RunnerError(f"in-process runner: {type(exc).__name__}: {exc}") from exc
+        if times is not None:
+            times.run_start, times.run_end = start, time.monotonic()
+        return _as_scores(scores, len(input_ids))
 
     async def close(self) -> None:
         """Release the runner thread (a batch still running finishes in the background)."""
@@ -236,6 +259,7 @@ class _Batch:
     task: Task
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray]
     future: asyncio.Future[np.ndarray]
+    times: RunTimes | None = None  # the caller's stamps of the run (tail attribution)
     crashes: int = 0  # workers that died while RUNNING this batch
     last_reason: str = ""
 
@@ -455,6 +479,7 @@ class MultiprocExecutor:
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray,
+        times: RunTimes | None = None,
     ) -> np.ndarray:
         """Queue one batch for the least-loaded live worker and await its scores."""
         if self._closed:
@@ -469,7 +494,7 @@ class MultiprocExecutor:
             raise ValueError(f"batch {b}x{length} exceeds max {g.max_batch}x{g.max_seq_len}")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         batch = _Batch(
-            next(self._ids), Task(task), (input_ids, attention_mask, token_type_ids), future
+            next(self._ids), Task(task), (input_ids, attention_mask, token_type_ids), future, times
         )
         self._queue.append(batch)
         self._dispatch()
@@ -567,6 +592,8 @@ class MultiprocExecutor:
         outcome: np.ndarray | BaseException
         if state is SlotState.DONE:
             outcome = slot.read_result()
+            if batch.times is not None:
+                batch.times.run_start, batch.times.run_end = slot.run_times()
         else:
             outcome = RunnerError(f"worker {seat.index}: {slot.read_error()}")
         load.slots[index] = None

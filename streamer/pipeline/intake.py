@@ -121,6 +121,7 @@ class KafkaIntake:
                 await self.wait_for_room()
                 continue
             fetched = await self.fetch(partitions, self.room())
+            fetched_at, wall = time.monotonic(), time.time()  # the tail attribution's "fetched"
             if fetched is None:
                 continue
             if self._flags.stopping.is_set():
@@ -128,12 +129,11 @@ class KafkaIntake:
                 break
             if not await self.resolve_schemas(fetched):
                 break  # stopping while the schema registry is away: nothing tracked either
-            now = time.monotonic()
             for tp, messages in fetched.items():
                 state = self._by_topic.get(tp.topic)
                 if state is not None and messages:
-                    self.ingest(state, tp, messages, now)
-            self._runner.after_fetch(now)
+                    self.ingest(state, tp, messages, fetched_at=fetched_at, fetched_wall=wall)
+            self._runner.after_fetch(time.monotonic())
             self.apply_backpressure()
 
     async def resolve_schemas(self, fetched: dict[Any, list[Any]]) -> bool:
@@ -219,8 +219,22 @@ class KafkaIntake:
         room = min(rooms) if rooms else 1
         return max(1, min(self._max_poll_records, room))
 
-    def ingest(self, state: RouteState, tp: Any, messages: list[Any], now: float) -> None:
-        """Decode a fetched chunk, DLQ the bad ones, tokenize the good ones in one call."""
+    def ingest(
+        self,
+        state: RouteState,
+        tp: Any,
+        messages: list[Any],
+        now: float | None = None,
+        *,
+        fetched_at: float | None = None,
+        fetched_wall: float | None = None,
+    ) -> None:
+        """Decode a fetched chunk, DLQ the bad ones, tokenize the good ones in one call.
+
+        `now`: the batcher's clock for these rows; None (the live loop): read after the
+        tokenizer, so a batch never closes before its rows existed. `fetched_at` /
+        `fetched_wall`: when the fetch returned (monotonic / wall), for the tail attribution.
+        """
         handler = state.handler
         generation = self._progress.generation(tp)
         good: list[tuple[Any, Any]] = []
@@ -240,7 +254,8 @@ class KafkaIntake:
         self._metrics.records_in.labels(state.name).inc(len(messages))
         if not good:
             return
-        fetch_s = max(0.0, time.time() - min(source_ts_ms(ev, m.timestamp) for m, ev in good) / 1e3)
+        wall = time.time() if fetched_wall is None else fetched_wall
+        fetch_s = max(0.0, wall - min(source_ts_ms(ev, m.timestamp) for m, ev in good) / 1e3)
         state.linger.observe("fetch", fetch_s)
         self._metrics.stage_latency.labels(state.name, "fetch").observe(fetch_s)
         try:
@@ -251,22 +266,29 @@ class KafkaIntake:
                     state, tp, generation, msg, ErrorCode.MODEL_ERROR, repr(exc)
                 )
             return
-        rows = [
-            Row(
-                tp=tp,
-                offset=msg.offset,
-                generation=generation,
-                key=msg.key,
-                event=ev,
-                source_ts_ms=source_ts_ms(ev, msg.timestamp),
-                input_ids=ids,
-                token_type_ids=types,
-                truncated=truncated or bool(getattr(ev, "truncated", False)),
-                headers=msg.headers,
+        ready = time.monotonic() if now is None else now
+        decode_s = 0.0 if fetched_at is None else max(0.0, ready - fetched_at)
+        rows = []
+        for (msg, ev), (ids, types, truncated) in zip(good, encoded, strict=True):
+            ts_ms = source_ts_ms(ev, msg.timestamp)
+            rows.append(
+                Row(
+                    tp=tp,
+                    offset=msg.offset,
+                    generation=generation,
+                    key=msg.key,
+                    event=ev,
+                    source_ts_ms=ts_ms,
+                    input_ids=ids,
+                    token_type_ids=types,
+                    truncated=truncated or bool(getattr(ev, "truncated", False)),
+                    headers=msg.headers,
+                    fetch_s=max(0.0, wall - ts_ms / 1e3),
+                    decode_s=decode_s,
+                    ready_at=ready,
+                )
             )
-            for (msg, ev), (ids, types, truncated) in zip(good, encoded, strict=True)
-        ]
-        self._runner.add(state, rows, now)
+        self._runner.add(state, rows, ready)
 
     # ------------------------------------------------------------------ unreadable batches
     def unreadable(self, batch: UnreadableBatch) -> None:

@@ -50,6 +50,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Where the slowest events spent their time (`streamer.pipeline.attribution`).
+        self.tail_segment_seconds = Counter(
+            "streamer_tail_segment_seconds",
+            "Seconds events spent in each hand-off segment (fetch, decode, linger, queue, "
+            "worker_wait, run, return, produce; they sum to the event's end-to-end time), for "
+            "events=slow (above the running P99 when they finished) and events=sampled (1 in "
+            "16 of all events).",
+            ["route", "events", "segment"],
+            registry=r,
+        )
+        self.tail_events = Counter(
+            "streamer_tail_events",
+            "Events counted in each set of streamer_tail_segment_seconds.",
+            ["route", "events"],
+            registry=r,
+        )
+        self.tail_threshold = Gauge(
+            "streamer_tail_threshold_seconds",
+            "The running P99 of the service-side end-to-end time (last 1,024 events) above "
+            "which an event counts as slow.",
+            ["route"],
+            registry=r,
+        )
         self.batches = Counter(
             "streamer_batches_total",
             "Batches dispatched, by why they closed: size, tokens, linger, idle (a worker was "

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from streamer.errors import ErrorCode
+from streamer.pipeline.attribution import BatchClock, TailAttribution
 from streamer.pipeline.metrics import Metrics
 from streamer.pipeline.routes import Row
 from streamer.pipeline.state import Progress, RouteState, StopFlags
@@ -102,6 +103,17 @@ class Publisher:
         self._commit = commit
         self._extra_headers = extra_headers
         self._forward = frozenset(forward_headers)  # upstream headers copied to the outputs
+        self._tails: dict[str, TailAttribution] = {}
+
+    def tail(self, route: str) -> TailAttribution:
+        """The route's tail attribution (built on first use, on this publisher's metrics)."""
+        tail = self._tails.get(route)
+        if tail is None:
+            m = self._metrics
+            tail = self._tails[route] = TailAttribution(
+                m.tail_segment_seconds, m.tail_events, m.tail_threshold, route
+            )
+        return tail
 
     # ------------------------------------------------------------------ partitions
     # Exactly-once delivery (`exactly_once.TransactionalPublisher`) keeps a producer per input
@@ -143,13 +155,25 @@ class Publisher:
             for row, value in zip(rows, values, strict=True)
         ]
 
-    async def publish(self, state: RouteState, rows: Sequence[Row], values: list[bytes]) -> None:
-        """Send one batch's results, wait for every ack, then mark their offsets done."""
+    async def publish(
+        self,
+        state: RouteState,
+        rows: Sequence[Row],
+        values: list[bytes],
+        clock: BatchClock | None = None,
+    ) -> None:
+        """Send one batch's results, wait for every ack, then mark their offsets done.
+
+        `clock`: the batch's hand-off times; with the ack time they go to the route's tail
+        attribution (`attribution.TailAttribution`).
+        """
         t0 = time.monotonic()
         records = self.result_records(state, rows, values)
         if not await self.send_until_acked(state.handler.result_topic, records, state.name):
             return
         ack = time.monotonic()
+        if clock is not None:
+            self.tail(state.name).batch_done(rows, clock, ack)
         produce_s = ack - t0
         state.linger.observe("produce", produce_s)
         self._metrics.stage_latency.labels(state.name, "produce").observe(produce_s)

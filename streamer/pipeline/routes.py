@@ -43,6 +43,11 @@ class Row:
     # The input record's Kafka headers as fetched (aiokafka's tuple, kept by reference, not
     # copied): the publisher forwards the configured ones, the tracer links to traceparent.
     headers: Sequence[tuple[str, bytes | None]] = ()
+    # Hand-off times for the tail attribution (`attribution.py`): seconds from the source
+    # timestamp to the fetch, fetch to the batcher, and when it reached the batcher (monotonic).
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+    ready_at: float = 0.0
 
     @property
     def n_tokens(self) -> int:

@@ -20,6 +20,7 @@ Memory layout (little-endian, every region 64-byte aligned)::
                slot header, 64 bytes
                  u32 state | u32 task | u32 batch (B) | u32 seq_len (L)
                  u32 n_outputs (K, written by the worker) | u32 error_len | u64 batch_id
+                 u64 run_start_ns | u64 run_end_ns (worker: time.monotonic_ns() around the run)
                input_ids       int32 [max_batch * max_seq_len]   (B, L) row-major prefix
                attention_mask  int32 [max_batch * max_seq_len]
                token_type_ids  int32 [max_batch * max_seq_len]
@@ -64,7 +65,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = int.from_bytes(b"STRMRNG1", "little")
-VERSION = 1
+VERSION = 2  # 2: the slot header carries the run's start and end
 ALIGN = 64
 HEADER_BYTES = 64
 SLOT_HEADER_BYTES = 64
@@ -157,7 +158,7 @@ class Slot:
         self.error = np.ndarray((ERROR_BYTES,), np.uint8, buf, off)
 
     # header words: [0]=state [1]=task [2]=batch [3]=seq_len [4]=n_outputs [5]=error_len
-    # u64 [3] = batch_id (bytes 24..32)
+    # u64 [3] = batch_id (bytes 24..32), [4] = run_start_ns, [5] = run_end_ns (bytes 32..48)
     @property
     def state(self) -> SlotState:
         """Current owner/state word."""
@@ -207,6 +208,8 @@ class Slot:
         self._h32[4] = 0
         self._h32[5] = 0
         self._h64[3] = batch_id
+        self._h64[4] = 0
+        self._h64[5] = 0
         self.set_state(SlotState.SUBMITTED)
 
     def request_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,6 +221,15 @@ class Slot:
             self.attention_mask[:n].reshape(b, length),
             self.token_type_ids[:n].reshape(b, length),
         )
+
+    def stamp_run(self, start_ns: int, end_ns: int) -> None:
+        """Worker side: when the model run started and ended (time.monotonic_ns())."""
+        self._h64[4] = start_ns
+        self._h64[5] = end_ns
+
+    def run_times(self) -> tuple[float, float]:
+        """Parent side: the run's (start, end) in time.monotonic() seconds."""
+        return int(self._h64[4]) / 1e9, int(self._h64[5]) / 1e9
 
     def write_result(self, scores: np.ndarray) -> None:
         """Worker side: store (B, K) scores and hand the slot back as DONE."""

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -143,7 +144,9 @@ def run_slot(ring: WorkerRing, runner: Any, index: int) -> None:
     ring.beat()
     try:
         input_ids, attention_mask, token_type_ids = slot.request_views()
+        start = time.monotonic_ns()
         scores = runner.run(Task(slot.task), input_ids, attention_mask, token_type_ids)
+        slot.stamp_run(start, time.monotonic_ns())
         slot.write_result(np.asarray(scores))
     except Exception as exc:
         slot.write_error(f"{type(exc).__name__}: {exc}")

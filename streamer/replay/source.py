@@ -133,7 +133,7 @@ class BoundedIntake(KafkaIntake):
                 continue
             if not await self.resolve_schemas(fetched):
                 break  # stopping while the schema registry is away: nothing tracked
-            now = time.monotonic()
+            fetched_at, wall = time.monotonic(), time.time()
             for tp, messages in fetched.items():
                 rng = self.plan.get(TP(tp.topic, tp.partition))
                 state = self._by_topic.get(tp.topic)
@@ -141,10 +141,10 @@ class BoundedIntake(KafkaIntake):
                     continue
                 kept = [m for m in messages if m.offset < rng.stop]
                 if kept:
-                    self.ingest(state, tp, kept, now)
+                    self.ingest(state, tp, kept, fetched_at=fetched_at, fetched_wall=wall)
                     self._throttle.spend(len(kept))
                     self.records_read += len(kept)
-            self._runner.after_fetch(now)
+            self._runner.after_fetch(time.monotonic())
             self.apply_backpressure()
             await self._finish_read_partitions()
 

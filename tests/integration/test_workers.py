@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -154,6 +155,25 @@ async def test_inprocess_and_multiproc_agree(
         await single.close()
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+async def test_both_executors_stamp_the_run_on_the_callers_clock(
+    executor_factory: Callable[..., Any], rng: np.random.Generator
+) -> None:
+    """The tail attribution splits a model call into worker wait, run and return: the worker's
+    stamps (CLOCK_MONOTONIC, shared across processes) fall inside the caller's submit."""
+    multi = await executor_factory(fake_spec())
+    single = InProcessExecutor(fake_spec())
+    await single.start()
+    try:
+        for ex in (multi, single):
+            times = SimpleNamespace(run_start=None, run_end=None)
+            before = time.monotonic()
+            await ex.submit(*batches(rng, 1)[0], times=times)
+            after = time.monotonic()
+            assert before <= times.run_start <= times.run_end <= after, type(ex).__name__
+    finally:
+        await single.close()
 
 
 @pytest.mark.slow

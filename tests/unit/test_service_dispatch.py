@@ -42,7 +42,9 @@ class _GatedExecutor:
     def live_workers(self) -> int:
         return 1
 
-    async def submit(self, task: Any, ids: np.ndarray, mask: np.ndarray, types: Any) -> Any:
+    async def submit(
+        self, task: Any, ids: np.ndarray, mask: np.ndarray, types: Any, times: Any = None
+    ) -> Any:
         self.calls.append(int((mask.sum(axis=1) > 2).sum()))
         await self.gate.wait()
         scores = np.zeros((ids.shape[0], 2), dtype=np.float32)

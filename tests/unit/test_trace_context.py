@@ -110,7 +110,9 @@ class _Executor:
     def live_workers(self) -> int:
         return 1
 
-    async def submit(self, task: Any, ids: np.ndarray, mask: np.ndarray, types: Any) -> Any:
+    async def submit(
+        self, task: Any, ids: np.ndarray, mask: np.ndarray, types: Any, times: Any = None
+    ) -> Any:
         await asyncio.sleep(0.002)  # a model call takes time: the span's model stage shows it
         if self.fail:
             raise RuntimeError("poison batch")
