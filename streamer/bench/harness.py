@@ -29,12 +29,12 @@ import orjson
 
 from streamer.bench.cpu import CpuMeter, listening_pid
 from streamer.bench.events import EventFactory
-from streamer.bench.knee import KneeSearch, StepOutcome
+from streamer.bench.knee import WARMUP_S, KneeSearch, StepOutcome, warmup_plan
 from streamer.bench.loadgen import Arrival, new_run_tag, run_load, schedule
 from streamer.bench.report import step_clock
 from streamer.bench.sink import LatencyRecorder, Sink
+from streamer.bench.stages import parse_stages, parse_tail, scrape_text, stage_deltas, tail_deltas
 from streamer.bench.stages import ready as http_ready
-from streamer.bench.stages import scrape, stage_deltas
 from streamer.kafka.local_broker import free_port
 
 KAFKA_CONTENDERS = ("streamer", "naive", "peer", "passthrough")
@@ -95,7 +95,8 @@ class BenchConfig:
     routes: tuple[str, ...] = ("intent", "duplicate")
     bootstrap: str | None = None
     step_s: float = 30.0
-    warmup_s: float = 3.0
+    warmup_s: float = WARMUP_S
+    """Unmeasured warm-up at the first measured rate before a contender's first step."""
     refine_steps: int = 2
     arrival: Arrival = "constant"
     partitions: int = 4
@@ -126,7 +127,7 @@ class BenchConfig:
                 "intent": PathPlan((10.0, 50.0), 50.0, 2.0, 6, 3.0),
                 "duplicate": PathPlan((1000.0,), 10.0, 2.5, 4, 5.0),
             }
-            base = dict(step_s=6.0, warmup_s=2.0, refine_steps=0, model_only_budget_s=0.5,
+            base = dict(step_s=6.0, refine_steps=0, model_only_budget_s=0.5,
                         ready_timeout_s=90.0, budget_s=540.0)  # fmt: skip
         elif profile == "full":
             plans = {
@@ -141,14 +142,14 @@ class BenchConfig:
                 "intent": PathPlan((10.0, 50.0), 100.0, 1.6, 10, 3.0),
                 "duplicate": PathPlan((1000.0,), 100.0, 1.6, 8, 5.0),
             }
-            base = dict(step_s=8.0, warmup_s=2.0, refine_steps=0, model_only_budget_s=0.5,
+            base = dict(step_s=8.0, refine_steps=0, model_only_budget_s=0.5,
                         ready_timeout_s=90.0, patience=1, emulate="h200")  # fmt: skip
         elif profile == "gpu":
             plans = {
                 "intent": PathPlan((10.0, 50.0), 200.0, 2.0, 7, 3.0),
                 "duplicate": PathPlan((1000.0,), 100.0, 2.0, 6, 5.0),
             }
-            base = dict(step_s=5.0, warmup_s=2.0, refine_steps=0, model_only_budget_s=0.5,
+            base = dict(step_s=5.0, refine_steps=0, model_only_budget_s=0.5,
                         ready_timeout_s=120.0, routes=("intent",), budget_s=420.0)  # fmt: skip
         else:
             raise ValueError(f"unknown profile {profile!r}: quick, full, emulated or gpu")
@@ -447,7 +448,7 @@ async def measure_step(
     `client_kwargs`: the cluster's connection arguments (`cluster_client_kwargs`)."""
     scheduled: dict[str, int] = {}
     sink.recorder = LatencyRecorder(scheduled)
-    before_stages = scrape(contender.metrics_port) if contender.metrics_port else None
+    before = scrape_text(contender.metrics_port) if contender.metrics_port else None
     cpu0 = contender.meter.sample() if contender.meter else 0.0
     bro0 = broker.sample() if broker else 0.0
     offsets = schedule(rate, duration_s, cfg.arrival, seed)
@@ -467,7 +468,7 @@ async def measure_step(
     report = sink.recorder.report()
     cpu = (contender.meter.sample() if contender.meter else 0.0) - cpu0
     bro = (broker.sample() if broker else 0.0) - bro0
-    after_stages = scrape(contender.metrics_port) if contender.metrics_port else None
+    after = scrape_text(contender.metrics_port) if contender.metrics_port else None
     events = max(report.unique, 1)
     step: dict[str, Any] = {
         "offered_rate": rate,
@@ -483,8 +484,14 @@ async def measure_step(
         # Its results count once their transaction commits: judge it by when the
         # read_committed sink saw them (`report.step_clock`), not by the append time.
         step["clock"] = "observed"
-    if before_stages is not None and after_stages is not None:
-        step["stages"] = [s.__dict__ for s in stage_deltas(before_stages, after_stages)]
+    if before is not None and after is not None:
+        step["stages"] = [
+            s.__dict__ for s in stage_deltas(parse_stages(before), parse_stages(after))
+        ]
+        # Where the slowest events of the step spent their time, and a uniform sample's.
+        tail = tail_deltas(parse_tail(before), parse_tail(after))
+        if tail:
+            step["tail"] = [t.as_dict() for t in tail]
     return step
 
 
@@ -554,6 +561,8 @@ async def run_contender_path(
         await sink.start()
         factory = EventFactory(ROUTE_KIND[route], cfg.data_root)
         broker = CpuMeter(broker_pid) if broker_pid else None
+        # Unmeasured, at the first measured rate: the first step must meet a warm service.
+        warm_rate, warm_s = warmup_plan(plan.start_rate, cfg.warmup_s)
         warm = await measure_step(
             cfg,
             bootstrap,
@@ -562,13 +571,17 @@ async def run_contender_path(
             sink,
             contender,
             broker,
-            max(1.0, plan.start_rate / 2),
-            cfg.warmup_s,
+            warm_rate,
+            warm_s,
             plan.drain_s,
             1,
             client_kwargs,
         )
-        result["warmup"] = {"offered_rate": warm["offered_rate"], "sink": warm["sink"]}
+        result["warmup"] = {
+            "offered_rate": warm["offered_rate"],
+            "duration_s": warm_s,
+            "sink": warm["sink"],
+        }
         search = KneeSearch(
             plan.targets_ms,
             plan.start_rate,
@@ -583,6 +596,7 @@ async def run_contender_path(
                 result["stopped_by_budget"] = True
                 say(f"  {name}/{route}: time budget spent, ramp stopped at {rate:.1f}/s")
                 break
+            retake = search.retaking
             step = await measure_step(
                 cfg,
                 bootstrap,
@@ -600,12 +614,15 @@ async def run_contender_path(
             seed += 1
             out = outcome_of(step)
             step["meets"] = {str(t): out.meets(t) for t in plan.targets_ms}
+            if retake:  # the failed first step, measured again: this one counts instead
+                step["retake"] = True
+                result["steps"][0]["superseded"] = True
             result["steps"].append(step)
             search.record(out)
             s = step["sink"]
             c = step_clock(step)
             say(
-                f"  {name}/{route} @ {rate:8.1f}/s: p50 {c['p50_ms']:8.2f} ms  "
+                f"  {name}/{route} @ {rate:8.1f}/s{' (retake)' if retake else ''}: p50 {c['p50_ms']:8.2f} ms  "
                 f"p99 {c['p99_ms']:8.2f} ms  max {c['max_ms']:8.1f} ms  "
                 f"n={s['unique']} missing={s['missing']} dup={s['duplicates']}  "
                 f"cpu {step['cpu_s_per_1k']:.2f} s/1k"

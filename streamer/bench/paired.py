@@ -7,7 +7,10 @@ others are measured), and at each offered rate the variants take their steps bac
 an order that alternates from rate to rate and round to round. A step is the harness's own
 (`harness.measure_step`: open-loop load, the read_committed sink, CPU); nothing ends early, so
 every variant meets every rate. An exactly-once variant is measured by when the sink saw its
-results (`observed`); the others by both clocks.
+results (`observed`); the others by both clocks. Before the first measured step every variant
+is warmed up at the first rate, unmeasured (`knee.warmup_plan`: the bench's rule). Where the
+service exports its tail attribution, each step records where its slowest events spent their
+time (`step["tail"]`), and the report pools it over rounds per variant and rate.
 
     python -m streamer.bench.paired --route intent --rates 50,100,200 --rounds 2 \\
         --variant alos:STREAMER_DELIVERY=at-least-once --variant eos:STREAMER_DELIVERY=exactly-once
@@ -41,7 +44,16 @@ from streamer.bench.harness import (
     parse_variant,
     run_meta,
 )
-from streamer.bench.report import step_clock
+from streamer.bench.knee import warmup_plan
+from streamer.bench.report import (
+    largest_share,
+    pool_tail,
+    step_clock,
+    tail_cells,
+    tail_header,
+    tail_sets,
+)
+from streamer.bench.stages import segment_order
 
 DRAIN_S = 10.0
 
@@ -78,9 +90,14 @@ async def run_paired(
             for sink in sinks.values():
                 await sink.start()
             seed = 1
-            for label in labels:  # warm-up: first batches, producers, transactions
-                await _step(cfg, bootstrap, topics, factory, sinks, running, label, rates[0] / 2,
-                            cfg.warmup_s, seed)  # fmt: skip
+            # Warm-up, unmeasured, at the first measured rate: first batches of each shape,
+            # producers, transactions. The same rule as the bench's ramps.
+            warm_rate, warm_s = warmup_plan(rates[0], cfg.warmup_s)
+            results["warmup"] = {"offered_rate": warm_rate, "duration_s": warm_s, "p99_ms": {}}
+            for label in labels:
+                warm = await _step(cfg, bootstrap, topics, factory, sinks, running, label,
+                                   warm_rate, warm_s, seed)  # fmt: skip
+                results["warmup"]["p99_ms"][label] = step_clock(warm)["p99_ms"]
             for rnd in range(rounds):
                 for i, rate in enumerate(rates):
                     order = labels if (i + rnd) % 2 == 0 else labels[::-1]
@@ -91,12 +108,15 @@ async def run_paired(
                         step.update(variant=label, round=rnd)
                         results["steps"].append(step)
                         print(_line(step), flush=True)
+                        if tail := _tail_line(step, route):
+                            print(tail, flush=True)
             for sink in sinks.values():
                 await sink.stop()
         finally:
             for contender in running.values():
                 await contender.stop()
             await delete_topics(bootstrap, [n for t in topics.values() for n in t.all()])
+    results["tail"] = tail_summary(results)
     (cfg.out_dir / "paired.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     (cfg.out_dir / "paired.md").write_text(report(results))
     return results
@@ -132,6 +152,81 @@ def _line(step: dict[str, Any]) -> str:
     )
 
 
+def _tail_line(step: dict[str, Any], route: str) -> str:
+    """Where the step's slowest events spent their time, in one line (empty without it)."""
+    sets = tail_sets(step, route)
+    slow, sampled = sets.get("slow"), sets.get("sampled")
+    if not slow:
+        return ""
+    top = largest_share(slow)
+    parts = " ".join(
+        f"{seg} {ms:.2f}" + (f" ({sampled['mean_ms'][seg]:.2f})" if sampled else "")
+        for seg, ms in slow["mean_ms"].items()
+    )
+    threshold = slow.get("threshold_ms")
+    return (
+        f"  {'':>10}   slow {slow['count']} > "
+        f"{f'{threshold:.1f}' if threshold is not None else '-'} ms: {parts}"
+        + (f"  largest {top[0]} {top[1]:.0%}" if top else "")
+    )
+
+
+def tail_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant and rate, the slow and sampled sets pooled over the rounds (for the JSON
+    and the report): count-weighted mean ms per segment, summed counts, median threshold."""
+    route = results["route"]
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for step in results["steps"]:
+        if tail_sets(step, route):
+            groups.setdefault((step["variant"], step["offered_rate"]), []).append(step)
+    out = []
+    for (variant, rate), steps in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        sets = [tail_sets(s, route) for s in steps]
+        out.append(
+            {
+                "variant": variant,
+                "offered_rate": rate,
+                "rounds": len(steps),
+                "results": sum(s["sink"].get("unique", 0) for s in steps),
+                "slow": pool_tail([x["slow"] for x in sets if "slow" in x]),
+                "sampled": pool_tail([x["sampled"] for x in sets if "sampled" in x]),
+            }
+        )
+    return out
+
+
+def _tail_table(results: dict[str, Any]) -> list[str]:
+    summary = results.get("tail") or tail_summary(results)
+    if not summary:
+        return []
+    segments = segment_order(
+        seg for row in summary for k in ("slow", "sampled") if row[k] for seg in row[k]["mean_ms"]
+    )
+    lines = [
+        "",
+        "Where the slowest events spent their time (service-side, per segment; slow = above the "
+        "service's running P99; in brackets a uniform sample of all events; pooled over rounds; "
+        "**bold** = the largest share of the slow events' time):",
+        "",
+        *tail_header(segments, ["variant", "offered/s", "rounds", "threshold ms", "slow events"]),
+    ]
+    for row in summary:
+        slow, sampled = row["slow"], row["sampled"]
+        n = slow["count"] if slow else 0
+        share = f" ({n / row['results']:.1%})" if row.get("results") else ""
+        threshold = slow["threshold_ms"] if slow else None
+        cells = [
+            row["variant"],
+            f"{row['offered_rate']:g}",
+            str(row["rounds"]),
+            f"{threshold:.1f}" if threshold is not None else "-",
+            f"{n:,}{share}",
+            *tail_cells(slow, sampled, segments),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     """Median over rounds, per variant and rate: P50/P99 (its clock), observed P99, rate."""
     meta = results["meta"]
@@ -149,7 +244,13 @@ def report(results: dict[str, Any]) -> str:
         ),
         f"- steps: {meta['step_s']} s, {meta['partitions']} partitions; medians over rounds; "
         "exactly-once variants by the read_committed sink's observation clock, others by the "
-        "broker append time (observed P99 given for all)",
+        "broker append time (observed P99 given for all)"
+        + (
+            f"; each variant warmed up first, unmeasured, {warm['duration_s']:g} s at "
+            f"{warm['offered_rate']:g}/s"
+            if (warm := results.get("warmup"))
+            else ""
+        ),
         "",
         "| variant | offered/s | rounds | P50 ms | P99 ms | observed P99 ms | throughput/s "
         "| missing | dup | CPU s/1k |",
@@ -172,6 +273,7 @@ def report(results: dict[str, Any]) -> str:
             f"{sum(s['sink']['duplicates'] for s in steps)} | "
             f"{med(lambda s: s['cpu_s_per_1k']):.2f} |"
         )
+    lines += _tail_table(results)
     return "\n".join(lines) + "\n"
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from streamer.bench.knee import KneeSearch, StepOutcome
+from streamer.bench.knee import WARMUP_S, KneeSearch, StepOutcome, warmup_plan
 
 
 def run(
@@ -67,7 +68,7 @@ def test_generator_falling_behind_ends_the_ramp() -> None:
 
 def test_failing_first_step_means_no_sustained_rate() -> None:
     s = KneeSearch((10.0,), start_rate=100)
-    run(s, lambda r: 99.0)
+    assert run(s, lambda r: 99.0) == [100, 100]  # measured once more, failed again
     assert len(s.outcomes) == 1 and s.max_sustained(10.0) is None
 
 
@@ -95,3 +96,65 @@ def test_patience_keeps_ramping_past_one_noisy_step() -> None:
     patient.record(StepOutcome(800.0, 90.0, 0))
     patient.record(StepOutcome(1600.0, 95.0, 0))  # two in a row: the ramp ends
     assert patient.next_rate() is None
+
+
+def test_a_failed_first_step_is_measured_once_more_and_its_retake_counts() -> None:
+    """A cold first step (11 ms, then 7 ms once warm) must not decide "none met" on its own."""
+    p99 = iter([11.0, 7.0, 7.0, 7.0, 60.0])
+    s = KneeSearch((10.0, 50.0), start_rate=100, growth=2)
+    assert not s.retaking
+    rates = run(s, lambda r: next(p99))
+    assert rates == [100, 100, 200, 400, 800]
+    assert [o.p99_ms for o in s.superseded] == [11.0]
+    assert [o.offered_rate for o in s.outcomes] == [100, 200, 400, 800]
+    assert s.max_sustained(10.0) == 400 and s.max_sustained(50.0) == 400
+
+
+def test_the_retake_replaces_the_first_step_even_when_it_is_worse() -> None:
+    """Not a best of two: the retake counts, whatever either measured; and only once."""
+    s = KneeSearch((10.0, 50.0), start_rate=100, growth=2)
+    s.record(StepOutcome(100, 12.0, 0))
+    assert s.retaking and s.next_rate() == 100
+    s.record(StepOutcome(100, 80.0, 0))
+    assert not s.retaking
+    assert s.next_rate() is None  # failed the loosest target: the ramp ends, no third try
+    assert s.max_sustained(10.0) is None and s.max_sustained(50.0) is None
+    assert [o.p99_ms for o in s.superseded] == [12.0]
+
+
+def test_a_first_step_that_met_every_target_is_not_retaken() -> None:
+    s = KneeSearch((10.0,), start_rate=100, growth=2)
+    s.record(StepOutcome(100, 5.0, 0))
+    assert not s.retaking and s.next_rate() == 200
+    s.record(StepOutcome(200, 50.0, 0))  # a later failure is not retaken
+    assert not s.retaking and s.next_rate() is None and not s.superseded
+
+
+def test_any_failure_of_the_first_step_is_retaken_and_the_retake_costs_a_step() -> None:
+    for first in (StepOutcome(100, 1.0, missing=2), StepOutcome(100, 1.0, 0, True)):
+        s = KneeSearch((10.0,), start_rate=100, growth=2, max_steps=2)
+        s.record(first)
+        assert s.retaking and s.next_rate() == 100
+        s.record(StepOutcome(100, 1.0, 0))
+        assert s.next_rate() is None  # max_steps counts the superseded step
+        assert s.max_sustained(10.0) == 100
+
+
+def test_the_retake_can_be_turned_off() -> None:
+    s = KneeSearch((10.0,), start_rate=100, retake_first=False)
+    assert run(s, lambda r: 99.0) == [100]
+
+
+def test_the_warm_up_runs_at_the_first_measured_rate_for_five_seconds_by_default(
+    tmp_path: Path,
+) -> None:
+    from streamer.bench.harness import BenchConfig
+
+    assert warmup_plan(100.0, 5.0) == (100.0, 5.0)
+    assert WARMUP_S >= 5.0
+    for profile in ("quick", "full", "emulated", "gpu"):
+        cfg = BenchConfig.preset(profile, tmp_path, tmp_path)
+        assert cfg.warmup_s == WARMUP_S, profile
+    assert BenchConfig.preset("quick", tmp_path, tmp_path, warmup_s=1.0).warmup_s == 1.0
+    with pytest.raises(ValueError):
+        warmup_plan(0.0, 5.0)

@@ -224,3 +224,164 @@ def test_emulation_reaches_every_contender(tmp_path: Path) -> None:
     assert env["STREAMER_EMULATE"] == "h200"
     argv, _, _ = contender_command("passthrough", cfg, "127.0.0.1:9", "intent", topics, "g")
     assert "streamer.bench.contenders.passthrough" in argv
+
+
+# --------------------------------------------------------------------------- tail attribution
+
+SLOW = {"fetch": 1.5, "decode": 0.2, "linger": 0.5, "queue": 6.0, "worker_wait": 0.4,
+        "run": 2.0, "return": 0.1, "produce": 1.3}  # fmt: skip
+SAMPLED = {"fetch": 1.0, "decode": 0.1, "linger": 0.4, "queue": 0.2, "worker_wait": 0.2,
+           "run": 1.9, "return": 0.1, "produce": 1.1}  # fmt: skip
+
+
+def tail(slow_n: int, threshold: float | None, scale: float = 1.0) -> list[dict[str, Any]]:
+    def entry(kind: str, n: int, means: dict[str, float]) -> dict[str, Any]:
+        mean = {k: v * scale for k, v in means.items()}
+        return {"route": "intent", "events": kind, "count": n, "threshold_ms": threshold,
+                "total_ms": sum(mean.values()), "mean_ms": mean}  # fmt: skip
+
+    out = [entry("sampled", 125, SAMPLED)]
+    if slow_n:
+        out.append(entry("slow", slow_n, SLOW))
+    return out
+
+
+def tailed_results() -> dict[str, Any]:
+    doc = results()
+    steps = [step(100.0, 12.0), step(100.0, 7.0), step(200.0, 8.0), step(400.0, 900.0)]
+    steps[0]["superseded"] = True
+    steps[1]["retake"] = True
+    for s, (n, thr, k) in zip(steps, [(20, 9.0, 1.0), (21, 7.0, 1.0), (0, None, 1.0),
+                                      (40, 850.0, 60.0)], strict=True):  # fmt: skip
+        s["tail"] = tail(n, thr, k)
+    steps[2]["stages"] = [{"route": "intent", "stage": "model", "count": 5, "mean_ms": 2.0,
+                           "p99_le_ms": 3.0}]  # fmt: skip
+    doc["runs"][1] = {"contender": "streamer", "route": "intent", "status": "ok",
+                      "targets_ms": [10.0], "steps": steps, "max_sustained": {"10.0": 200.0},
+                      "warmup": {"offered_rate": 100, "duration_s": 5.0, "sink": {}}}  # fmt: skip
+    return doc
+
+
+def test_the_tail_section_has_a_row_per_step_with_the_slow_and_sampled_means() -> None:
+    md = markdown(tailed_results())
+    assert "## Where the slowest events spent their time" in md
+    assert "**streamer / intent**" in md
+    head = (
+        "| offered/s | threshold ms | slow events | fetch | decode | linger | queue | "
+        "worker_wait | run | return | produce | total ms | largest share | most above sampled |"
+    )
+    assert head in md
+    table = md.split("**streamer / intent**")[1].split("\n\n")[1].splitlines()
+    rows = table[2:]
+    assert len(rows) == 4  # one row per step
+    # the cold first step, marked; slow share of the step's 2,000 results; queue in bold
+    assert rows[0].startswith(
+        "| 100.0 (1st, re-measured) | 9.0 | 20 (1.0%) | 1.5 (1.0) | 0.20 (0.10) |"
+    )
+    assert "| **6.0** (0.20) |" in rows[0]
+    assert "| 12.0 (5.0) | queue 50% | queue +5.8 |" in rows[0]
+    assert rows[1].startswith("| 100.0 (retake) | 7.0 | 21 (1.1%) |")
+    # nothing slow in the step (the gauge not set yet): dashes beside the sample's means
+    assert rows[2].startswith("| 200.0 | - | 0 (0.0%) | - (1.0) |")
+    assert "| - (5.0) | - | - |" in rows[2]
+    overloaded = next(line for line in md.splitlines() if line.startswith("| 400.0 | 850 |"))
+    assert (
+        "| **360** (12.0) |" in overloaded
+        and "| 720 (300) | queue 50% | queue +348 |" in overloaded
+    )
+    assert "- warm-up: 5 s at the first step's rate" in md
+    assert "- first step re-measured: streamer/intent at 100.0/s" in md
+    assert "## Where the slowest" not in markdown(results())
+
+
+def test_a_superseded_step_is_never_the_knee_step_and_is_marked_in_every_step() -> None:
+    doc = tailed_results()
+    run = doc["runs"][1]
+    run["max_sustained"] = {"10.0": 100.0}
+    best = best_step(run, 10.0)
+    assert best is not None and best.get("retake")  # not the failed first try at 100/s
+    md = markdown(doc)
+    assert "| streamer | intent | 100.0 (1st, re-measured) | 2,000 |" in md
+    assert "| streamer | intent | 100.0 (retake) | 2,000 |" in md
+
+
+def test_stage_chart_with_tail_attribution_and_with_batch_stages(tmp_path: Path) -> None:
+    doc = tailed_results()
+    staged = step(100, 8.0)
+    staged["stages"] = [
+        {"route": "intent", "stage": name, "count": 10, "mean_ms": ms, "p99_le_ms": ms * 2}
+        for name, ms in (("produce", 2.0), ("fetch", 1.0), ("model", 300.0))
+    ]
+    doc["runs"].append({"contender": "streamer-before", "route": "intent", "status": "ok",
+                        "targets_ms": [10.0], "steps": [staged, step(200, 9.0)]})  # fmt: skip
+    written = plots(doc, tmp_path)
+    assert [p.name for p in written].count("stages-intent.png") == 1  # one file per route
+    chart = tmp_path / "stages-intent.png"
+    assert chart.stat().st_size > 5000
+
+
+def test_a_segment_keeps_its_colour_in_every_chart() -> None:
+    from streamer.bench.report import part_colours
+
+    everything = part_colours(["fetch", "decode", "queue", "run", "produce", "model", "new"])
+    some = part_colours(["produce", "run"])
+    assert some["produce"] == everything["produce"] and some["run"] == everything["run"]
+    assert everything["model"] == everything["run"]  # the batch stage of the model run
+    assert len({everything[n] for n in ("fetch", "decode", "queue", "run", "produce", "new")}) == 6
+
+
+async def test_warm_up_at_the_first_rate_then_a_failed_first_step_is_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_contender_path with Kafka and the contender faked: what it measures, in order."""
+    from streamer.bench import harness
+
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    class FakeContender:
+        def __init__(self, *args: Any) -> None:
+            self.env: dict[str, str] = {}
+
+        async def start(self, timeout_s: float) -> None:
+            return None
+
+        def alive(self) -> bool:
+            return True
+
+        async def stop(self) -> None:
+            return None
+
+    class FakeSink:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        start = stop = nothing
+
+    measured: list[tuple[float, float]] = []
+    p99 = iter([11.0, 7.0, 7.0, 60.0])
+
+    async def fake_step(cfg: Any, bootstrap: str, topics: Any, factory: Any, sink: Any,
+                        contender: Any, broker: Any, rate: float, duration_s: float,
+                        *rest: Any) -> dict[str, Any]:  # fmt: skip
+        measured.append((rate, duration_s))
+        return step(rate, 3.0 if len(measured) == 1 else next(p99))
+
+    monkeypatch.setattr(harness, "create_topics", nothing)
+    monkeypatch.setattr(harness, "delete_topics", nothing)
+    monkeypatch.setattr(harness, "Contender", FakeContender)
+    monkeypatch.setattr(harness, "Sink", FakeSink)
+    monkeypatch.setattr(harness, "EventFactory", lambda *a: None)
+    monkeypatch.setattr(harness, "measure_step", fake_step)
+    cfg = BenchConfig.preset("quick", tmp_path, tmp_path, routes=("intent",))
+    run = await run_contender_path(cfg, "r", "127.0.0.1:1", None, "naive", "intent", tmp_path,
+                                   lambda *_: None)  # fmt: skip
+    start = cfg.plans["intent"].start_rate
+    assert measured[0] == (start, cfg.warmup_s) and cfg.warmup_s >= 5.0  # warm-up first
+    assert [r for r, _ in measured[1:]] == [start, start, start * 2, start * 4]
+    assert run["warmup"]["offered_rate"] == start and run["warmup"]["duration_s"] == cfg.warmup_s
+    first, retake = run["steps"][0], run["steps"][1]
+    assert first.get("superseded") and not first.get("retake")
+    assert retake.get("retake") and not retake.get("superseded")
+    assert run["max_sustained"]["10.0"] == start * 2  # the cold first step did not decide it
+    assert best_step(run, 10.0) is run["steps"][2]
