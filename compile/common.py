@@ -21,7 +21,7 @@ from streamer.model.artifact import (
 )
 from streamer.model.buckets import Buckets
 from streamer.model.hardware import cpu_description
-from streamer.model.manifest import MANIFEST
+from streamer.model.manifest import COMPILE_RECIPES, MANIFEST
 from streamer.model.tasks import Task
 
 INPUTS = [
@@ -70,6 +70,8 @@ def base_manifest(
     buckets: dict[Task, Buckets] = meta.buckets
     return {
         "target": target,
+        # How it was built: a cached build made by another recipe is stale (shipped.is_current).
+        "compile_recipe": COMPILE_RECIPES[target],
         "model": {"name": meta.name, "version": meta.version},
         "model_name": meta.name,
         "model_version": meta.version,

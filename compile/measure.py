@@ -1,7 +1,9 @@
 """Side-by-side latency of a cpu artifact's variants: `python -m compile.measure --artifact DIR`.
 
 Runs each variant on the same inputs, interleaved repeat by repeat so a busy shared machine
-slows both alike, and prints the median and p90 ms per batch. A measurement, not a test.
+slows both alike, and prints the median and p90 ms per batch. `--baseline DIR` adds a second
+artifact's variants to the same interleaving (before/after a compile change) and a column with
+each variant's median relative to the baseline's same variant. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -39,35 +41,48 @@ def main(argv: list[str] | None = None) -> int:
     """Measure and print a table plus one JSON line per (variant, shape)."""
     parser = argparse.ArgumentParser(prog="python -m compile.measure", description=__doc__)
     parser.add_argument("--artifact", type=Path, required=True, help="compiled cpu artifact")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="another compiled cpu artifact, timed alongside"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", nargs="+", default=["1x16", "32x16", "8x128"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
 
-    variants = list(read_manifest(args.artifact)["variants"])
-    runners = {v: load_runner(args.artifact, threads=args.threads, variant=v, force=True) for v in variants}  # fmt: skip
+    artifacts = {"new": args.artifact}
+    if args.baseline is not None:
+        artifacts = {"base": args.baseline, "new": args.artifact}
+    runners = {
+        (label, v): load_runner(path, threads=args.threads, variant=v, force=True)
+        for label, path in artifacts.items()
+        for v in read_manifest(path)["variants"]
+    }
     rows = []
     for shape in map(parse_shape, args.shapes):
         feeds = inputs(*shape)
         task = Task.INTENT if shape[1] <= 32 else Task.DUPLICATE
-        times: dict[str, list[float]] = {v: [] for v in variants}
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
         for i in range(args.warmup + args.repeats):
-            for v in variants:
+            for key, runner in runners.items():
                 start = time.perf_counter()
-                runners[v].run(task, *feeds)
+                runner.run(task, *feeds)
                 if i >= args.warmup:
-                    times[v].append((time.perf_counter() - start) * 1000)
-        for v in variants:
-            ms = np.array(times[v])
+                    times[key].append((time.perf_counter() - start) * 1000)
+        medians = {key: float(np.median(ms)) for key, ms in times.items()}
+        for (label, v), ms in times.items():
+            base = medians.get(("base", v))
             rows.append({
-                "variant": v, "batch": shape[0], "seq_len": shape[1], "threads": args.threads,
-                "median_ms": round(float(np.median(ms)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
-                "items_per_s": round(shape[0] * 1000 / float(np.median(ms)), 1), "repeats": len(ms),
+                "artifact": str(artifacts[label]), "label": label, "variant": v,
+                "batch": shape[0], "seq_len": shape[1], "threads": args.threads,
+                "median_ms": round(medians[label, v], 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
+                "items_per_s": round(shape[0] * 1000 / medians[label, v], 1), "repeats": len(ms),
+                "vs_base": round(medians[label, v] / base, 3) if base and label != "base" else None,
             })  # fmt: skip
-    print(f"{'variant':8} {'shape':>8} {'median ms':>10} {'p90 ms':>8} {'items/s':>9}")
+    print(f"{'artifact':8} {'variant':8} {'shape':>8} {'median ms':>10} {'p90 ms':>8} {'items/s':>9} {'vs base':>8}")  # fmt: skip
     for r in rows:
-        print(f"{r['variant']:8} {str(r['batch']) + 'x' + str(r['seq_len']):>8} {r['median_ms']:>10} {r['p90_ms']:>8} {r['items_per_s']:>9}")  # fmt: skip
+        ratio = "" if r["vs_base"] is None else f"{r['vs_base']:.3f}"
+        print(f"{r['label']:8} {r['variant']:8} {str(r['batch']) + 'x' + str(r['seq_len']):>8} {r['median_ms']:>10} {r['p90_ms']:>8} {r['items_per_s']:>9} {ratio:>8}")  # fmt: skip
     for r in rows:
         print(json.dumps(r))
     return 0

@@ -4,7 +4,7 @@
     python -m compile.quant check --dir /tmp/quant                             # ORT only
     qemu-x86_64 -cpu Haswell .venv/bin/python -m compile.quant check --dir /tmp/quant
 
-`prepare` exports the fp32 ONNX graph once, quantizes it with every recipe of `compile.cpu`
+`prepare` exports (and fuses) the fp32 ONNX graph once, quantizes it with every recipe of `compile.cpu`
 and stores the parity sample's golden batches (the fp32 PyTorch reference), as `compile` does.
 `check` judges each variant on those batches with the loader's own rule and prints one row per
 recipe with the CPU's int8-relevant flags; under QEMU emulating an AVX2-only CPU it shows what
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from compile.cpu import FP32_FILE, INT8_RECIPES, export_onnx, quantize_int8
+from compile.cpu import FP32_FILE, INT8_RECIPES, export_fp32, quantize_int8
 from compile.parity import golden_batches, torch_forward
 from compile.sample import default_sample
 from streamer.model.artifact import load_trained
@@ -36,7 +36,7 @@ def prepare(artifact: Path, out: Path, data_dir: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model, meta = load_trained(artifact)
     serving = ServingModel(model).eval()
-    export_onnx(serving, out / FP32_FILE)
+    export_fp32(model, serving, out / FP32_FILE)  # fused, as `compile` builds it
     for recipe in INT8_RECIPES:
         quantize_int8(out / FP32_FILE, out / f"int8-{recipe}.onnx", recipe)
     sample = default_sample(data_dir)

@@ -16,6 +16,16 @@ from streamer.model.artifact import ArtifactError, ModelMeta, read_meta, sha256_
 MANIFEST = "manifest.json"
 SERVING_FORMAT = "streamer-serving-v1"
 TARGETS = ("cpu", "cuda", "neuron", "neuronx")
+# How `compile/` builds each target, recorded in the manifest as "compile_recipe". A cached build
+# of the shipped model (`streamer.model.shipped`) whose recipe differs is stale and rebuilt once,
+# like one built from other weights: change the identifier whenever what a compile produces
+# changes. cpu v2: TorchScript export with eager attention, ORT BERT fusions, then int8.
+COMPILE_RECIPES: dict[str, str] = {
+    "cpu": "cpu-ort-bert-fused-v2",
+    "cuda": "cuda-v1",
+    "neuron": "neuron-v1",
+    "neuronx": "neuronx-v1",
+}
 
 
 def file_checksums(artifact_dir: Path) -> dict[str, str]:

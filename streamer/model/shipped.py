@@ -3,7 +3,8 @@
 The trained weights ship with the project (fp16 safetensors, the only weights in the tree);
 compiled artifacts are build outputs, cached under `artifacts/<name>-<version>-cpu/` and rebuilt
 when the shipped weights change (the manifest records the sha256 of the weights it was built
-from). Compiling is `python -m compile` in a child process: `compile/` consumes
+from) or when the compile recipe does (`manifest.COMPILE_RECIPES`: a new way of compiling
+reaches every existing clone, once). Compiling is `python -m compile` in a child process: `compile/` consumes
 `streamer.model`, never the other way round. A lock file serialises concurrent first starts
 (the demo starts two services at once).
 """
@@ -17,7 +18,12 @@ from pathlib import Path
 
 from streamer.config import repo_root
 from streamer.model.artifact import CONFIG, WEIGHTS, ArtifactError, sha256_file
-from streamer.model.manifest import MANIFEST, read_manifest, verify_checksums
+from streamer.model.manifest import (
+    COMPILE_RECIPES,
+    MANIFEST,
+    read_manifest,
+    verify_checksums,
+)
 
 MODELS_DIR = repo_root() / "models"
 ARTIFACTS_DIR = repo_root() / "artifacts"
@@ -40,11 +46,14 @@ def compiled_dir(trained: Path, target: str, artifacts_dir: Path = ARTIFACTS_DIR
 
 
 def is_current(compiled: Path, trained: Path) -> bool:
-    """True if `compiled` is intact and was built from exactly these trained weights."""
+    """True if `compiled` is intact, was built from exactly these trained weights and by the
+    current compile recipe of its target (a missing recipe: built before recipes were recorded)."""
     try:
         manifest = read_manifest(compiled)
         verify_checksums(compiled, manifest)
     except ArtifactError:
+        return False
+    if manifest.get("compile_recipe") != COMPILE_RECIPES[manifest["target"]]:
         return False
     source = manifest.get("source", {})
     return bool(source.get("weights_sha256") == sha256_file(Path(trained) / WEIGHTS))

@@ -244,3 +244,67 @@ def test_the_manifest_says_whether_int8_is_refined_and_why(tiny_cpu_artifact: Pa
     if "refine" in int8:
         assert int8["refine"]["exact_variant"] == "fp32"
         assert 0.0 <= int8["refine"]["rows_refined"] <= 0.25
+
+
+def test_the_export_is_fused_and_the_manifest_says_how(tiny_cpu_artifact: Path) -> None:
+    # The tiny model (2 layers, 2 heads, width 32) is a shape ORT's BERT optimizer fuses.
+    variants = read_manifest(tiny_cpu_artifact)["variants"]
+    for name in ("fp32", "int8"):
+        graph = variants[name]["graph"]
+        assert "eager attention" in graph["export"]
+        assert graph["fusion"]["applied"] is True
+        fused = graph["fusion"]["fused_operators"]
+        assert fused["Attention"] == 2 and fused["EmbedLayerNormalization"] == 1
+        assert fused["SkipLayerNormalization"] == 4
+    assert variants["fp32"]["graph"]["operators"]["Attention"] == 2
+    int8_ops = variants["int8"]["graph"]["operators"]
+    assert int8_ops["QAttention"] == 2 and "Attention" not in int8_ops
+    quantization = variants["int8"]["quantization"]
+    assert quantization["layout"] == "fused" and "Attention" in quantization["ops_quantized"]
+
+
+def test_recipes_keep_the_same_layers_fp32_in_either_layout(
+    tiny_artifact: Path, tiny_cpu_artifact: Path, tmp_path: Path
+) -> None:
+    from compile.cpu import FP32_FILE, export_onnx, fuse_bert, quantize_int8, weight_layout
+
+    fused_layout, fused_weights = weight_layout(tiny_cpu_artifact / FP32_FILE)
+    assert (fused_layout, len(fused_weights)) == ("fused", 2 * 3)
+    fused = quantize_int8(tiny_cpu_artifact / FP32_FILE, tmp_path / "f.onnx")
+    assert fused["fp32_nodes"] == [fused_weights[2], fused_weights[5]]  # FFN out of each layer
+
+    # The unfused fallback: a fusion that misses any layer keeps the exported graph as it is.
+    model, _ = load_trained(tiny_artifact)
+    export_onnx(ServingModel(model).eval(), tmp_path / "unfused.onnx")
+    info = fuse_bert(
+        tmp_path / "unfused.onnx", tmp_path / "fp32.onnx", num_heads=2, hidden_size=32, num_layers=3
+    )
+    assert info["applied"] is False and "2 of 3 attention layers fused" in info["reason"]
+    layout, weights = weight_layout(tmp_path / "fp32.onnx")
+    assert (layout, len(weights)) == ("unfused", 2 * 6)
+    unfused = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "u.onnx")
+    assert unfused["layout"] == "unfused" and unfused["ops_quantized"] == ["MatMul"]
+    assert unfused["fp32_nodes"] == [weights[5], weights[11]]
+
+
+def test_a_graph_of_neither_layout_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compile.cpu import quantize_int8
+
+    nodes, inits, prev = [], [], "x"
+    for i in range(4):  # 4 weight MatMuls: neither 6 nor 3 per layer
+        inits.append(numpy_helper.from_array(np.eye(4, dtype=np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        prev = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "odd.onnx"))
+    with pytest.raises(ValueError, match="fit neither BERT layout"):
+        quantize_int8(tmp_path / "odd.onnx", tmp_path / "odd8.onnx")

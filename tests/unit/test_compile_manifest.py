@@ -77,3 +77,45 @@ def test_unknown_format_is_refused(tiny_cpu_artifact: Path, copy_artifact) -> No
     (art / MANIFEST).write_text('{"format": "something-else", "target": "cpu"}')
     with pytest.raises(ArtifactError, match="unknown format"):
         load_runner(art)
+
+
+def test_a_cached_build_is_stale_when_the_compile_recipe_changes(
+    tiny_artifact: Path,
+    tiny_cpu_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+    import shutil
+    import subprocess
+
+    from streamer.model import shipped
+    from streamer.model.manifest import COMPILE_RECIPES, write_manifest
+
+    assert read_manifest(tiny_cpu_artifact)["compile_recipe"] == COMPILE_RECIPES["cpu"]
+    assert shipped.is_current(tiny_cpu_artifact, tiny_artifact)
+    cached = shipped.compiled_dir(tiny_artifact, "cpu", tmp_path)
+    compiles: list[list[str]] = []
+
+    def fake_compile(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        compiles.append(cmd)  # stands in for `python -m compile`: the current recipe's build
+        shutil.rmtree(cached)
+        shutil.copytree(tiny_cpu_artifact, cached)
+        return subprocess.CompletedProcess(cmd, 0, "wrote", "")
+
+    monkeypatch.setattr(shipped.subprocess, "run", fake_compile)
+    for recipe in ("cpu-older-recipe", None):  # another recipe; none (built before recipes)
+        shutil.copytree(tiny_cpu_artifact, cached, dirs_exist_ok=True)
+        manifest = json.loads((cached / MANIFEST).read_text())
+        manifest.pop("compile_recipe")
+        if recipe:
+            manifest["compile_recipe"] = recipe
+        write_manifest(cached, manifest)
+        assert not shipped.is_current(cached, tiny_artifact)
+        compiles.clear()
+        assert shipped.ensure_compiled(tiny_artifact, "cpu", tmp_path, echo=False) == cached
+        assert len(compiles) == 1 and "--out" in compiles[0]
+        assert read_manifest(cached)["compile_recipe"] == COMPILE_RECIPES["cpu"]
+        # Current now: the next start reuses it.
+        assert shipped.ensure_compiled(tiny_artifact, "cpu", tmp_path, echo=False) == cached
+        assert len(compiles) == 1
