@@ -118,6 +118,20 @@ def neuron_cores(spec: str) -> list[int]:
     return cores
 
 
+# Where the model runs under STREAMER_EXECUTOR=auto, by target; any other target (and every
+# emulated device) gets a worker process per device core, as the design asks.
+AUTO_EXECUTOR = {"cpu": "multiproc"}
+
+
+def executor_kind(target: str, settings: Settings) -> str:
+    """'multiproc' or 'inprocess': the setting, or under 'auto' the measured default."""
+    if settings.executor != "auto":
+        return settings.executor
+    if settings.emulate:
+        return "multiproc"
+    return AUTO_EXECUTOR.get(target, "multiproc")
+
+
 def build_service(settings: Settings) -> Service:
     """Everything `streamer run` needs, from settings and the artifact on disk."""
     from streamer.kafka.access import BrokerAccess
@@ -228,7 +242,7 @@ def build_executor(settings: Settings, artifact: Path, model: ModelMeta) -> Exec
                 "threads": threads,
             },
         )
-    if settings.executor == "inprocess":
+    if executor_kind(model.target, settings) == "inprocess":
         return InProcessExecutor(spec)
     return MultiprocExecutor(
         spec,
@@ -404,6 +418,7 @@ def assemble(
         public_settings=settings.public_dict(),
         lag_monitor=lag_monitor,
         registry=registry,
+        gc_freeze=settings.gc_freeze,
     )
 
 
@@ -465,10 +480,17 @@ def batch_policies(
     """
     cpu = target == "cpu"
     ib, db = buckets[Task.INTENT], buckets[Task.DUPLICATE]
+    compiled_short = ib.seq_lens[0]  # the padded-token budget is sized on it, whatever runs
     if cpu:
         # ONNX Runtime runs any batch size: padding rows up to a bucket only pays off on
         # static-shape targets (CUDA graphs, Neuron), so on cpu every row count is a bucket.
-        ib = Buckets(tuple(range(1, ib.max_batch + 1)), ib.seq_lens)
+        # Lengths too, for intents (one open batch whatever the length): a row's cost grows
+        # with its padded length, and most queries are 6-12 tokens, under the 16 bucket.
+        step = settings.cpu_intent_seq_step
+        seq = (
+            (*range(step, ib.max_seq_len, step), ib.max_seq_len) if step else ib.seq_lens
+        )
+        ib = Buckets(tuple(range(1, ib.max_batch + 1)), seq)
         db = Buckets(tuple(range(1, db.max_batch + 1)), db.seq_lens)
     intent_rows = min(settings.intent_max_batch or (4 if cpu else 32), ib.max_batch)
     dup_rows = min(settings.duplicate_max_batch or (8 if cpu else 128), db.max_batch)
@@ -479,7 +501,7 @@ def batch_policies(
             # A full batch of 16-token queries fits; one long query shrinks its batch instead
             # of making every row pay its length.
             max_padded_tokens=max(
-                choose_batch(ib.batch_sizes, intent_rows) * ib.seq_lens[0], ib.max_seq_len
+                choose_batch(ib.batch_sizes, intent_rows) * compiled_short, ib.max_seq_len
             ),
             max_linger_s=settings.intent_max_linger_ms / 1000.0,
             seq_buckets=ib.seq_lens,
@@ -523,7 +545,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-id")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads-per-worker", type=int)
-    parser.add_argument("--executor", choices=["multiproc", "inprocess"])
+    parser.add_argument("--executor", choices=["auto", "multiproc", "inprocess"])
     parser.add_argument("--p99-target-ms", type=float)
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--log-level")
@@ -551,6 +573,8 @@ def run(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    if settings.nice:
+        os.nice(settings.nice)  # before any worker starts: they inherit it
     try:
         import uvloop
 

@@ -176,13 +176,30 @@ class Settings(BaseSettings):
 
     # --- Model and workers -------------------------------------------------------------
     artifact: Path | None = Field(None, description="Compiled artifact directory (compile/).")
-    executor: Literal["multiproc", "inprocess"] = Field(
-        "multiproc", description="'inprocess' runs the model in this process (debugging)."
+    executor: Literal["auto", "multiproc", "inprocess"] = Field(
+        "auto",
+        description="Where the model runs: 'multiproc' (a worker process per device core, fed "
+        "over shared memory), 'inprocess' (a runner thread in this process; ONNX Runtime "
+        "releases the GIL), 'auto' (the measured default per target: app.AUTO_EXECUTOR).",
     )
     workers: int | None = Field(None, ge=1, le=256, description="Worker processes; auto if unset.")
     threads_per_worker: int | None = Field(None, ge=1, le=256)
     slots_per_worker: int = Field(2, ge=1, le=16, description="Batches queued per worker.")
     worker_heartbeat_timeout_s: float = Field(30.0, gt=0)
+    nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Lower this service's CPU priority (its workers inherit it) by this much. "
+        "Where a duplicate service shares cores with an intent service, give it 10: a pair "
+        "batch then cannot hold an intent's core (README 'Two routes on one machine').",
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="After start-up, collect once and freeze what start-up allocated "
+        "(gc.freeze), so the collector's full passes never rescan the model, tokenizer and "
+        "client objects on the event loop.",
+    )
     force_artifact: bool = Field(False, description="Load an artifact whose parity failed.")
     variant: str | None = Field(
         None, description="Artifact variant (cpu: 'int8' or 'fp32'); default: the manifest's."
@@ -204,6 +221,15 @@ class Settings(BaseSettings):
         description="Rows per intent batch; default per target (cpu 4, else 32).",
     )
     intent_max_linger_ms: float = Field(2.0, ge=0, le=1000)
+    cpu_intent_seq_step: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="cpu target: an intent batch runs at its longest row's length rounded up "
+        "to a multiple of this (ONNX Runtime takes any length), not at the next compiled "
+        "bucket (16 or 32); 0: the compiled buckets. A 9-token query then pays for 12 tokens, "
+        "not 16.",
+    )
     # Off by default: on the 2-core CPU the adaptive linger is already ~0 (the other stages
     # use up the budget), and the same-run A/B in BENCHMARKS.md measured no gain from it.
     # Meant for accelerators, where the linger controller leaves budget to wait in.

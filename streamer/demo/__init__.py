@@ -79,6 +79,9 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             path_env.setdefault(
                 "STREAMER_THREADS_PER_WORKER", str(max(1, (os.cpu_count() or 2) // 2))
             )
+            # ... and runs at a lower CPU priority, so a pair batch (100+ ms on a CPU core)
+            # cannot hold a core an intent batch is waiting for (BENCHMARKS.md "Two routes").
+            path_env.setdefault("STREAMER_NICE", "10")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streamer", "run"], env=path_env, stdout=log, stderr=log

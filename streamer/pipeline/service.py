@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -169,6 +170,7 @@ class Service:
         public_settings: Mapping[str, Any] | None = None,
         lag_monitor: GroupLagMonitor | None = None,
         registry: SchemaRegistry | None = None,
+        gc_freeze: bool = False,
     ) -> None:
         self.routes = routes
         self.registry = registry
@@ -190,6 +192,7 @@ class Service:
         self._lag_monitor = lag_monitor
         self._ready = False
         self._background: list[asyncio.Task[None]] = []
+        self._gc_freeze = gc_freeze
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -218,6 +221,11 @@ class Service:
         if self._make_health is not None:
             self._health = self._make_health(self.is_ready, self.not_ready_reasons)
             await self._health.start()
+        if self._gc_freeze:
+            # What start-up allocated (model, tokenizer, clients, modules) lives as long as the
+            # process: frozen, the collector's full passes stop rescanning it on the event loop.
+            gc.collect()
+            gc.freeze()
         self._ready = True
         log.info(
             "started",

@@ -12,13 +12,24 @@ from streamer.pipeline.executor import thread_env
 
 
 def test_cpu_policies_are_small_and_unpadded() -> None:
-    """On cpu, intent batches stay small and any row count runs without padding rows."""
+    """On cpu, intent batches stay small, any row count runs without padding rows, and a batch
+    runs at its longest row rounded up to 4 tokens; the token budget is still the compiled
+    one (4 rows of the 16 bucket)."""
     policies = batch_policies("cpu", load_settings(), DEFAULT_BUCKETS)
     intent = policies["intent"]
     assert intent.max_batch == 4
     assert intent.batch_buckets[:4] == (1, 2, 3, 4)
-    assert intent.seq_buckets == DEFAULT_BUCKETS[Task.INTENT].seq_lens
-    assert intent.padded_tokens(3, 10) == 3 * 16
+    longest = DEFAULT_BUCKETS[Task.INTENT].max_seq_len
+    assert intent.seq_buckets == (*range(4, longest, 4), longest)
+    assert intent.padded_tokens(3, 10) == 3 * 12
+    assert intent.padded_tokens(1, 3) == 4
+    assert intent.max_padded_tokens == 4 * DEFAULT_BUCKETS[Task.INTENT].seq_lens[0]
+
+
+def test_cpu_seq_step_zero_keeps_the_compiled_lengths() -> None:
+    policies = batch_policies("cpu", load_settings(cpu_intent_seq_step=0), DEFAULT_BUCKETS)
+    assert policies["intent"].seq_buckets == DEFAULT_BUCKETS[Task.INTENT].seq_lens
+    assert policies["intent"].padded_tokens(3, 10) == 3 * 16
 
 
 def test_static_shape_targets_pad_to_compiled_buckets() -> None:
@@ -67,3 +78,13 @@ def test_neuron_layout_pins_one_core_per_worker() -> None:
     workers, _, env = worker_layout("neuron", load_settings(workers=16))
     assert workers == 16
     assert env(5)["NEURON_RT_VISIBLE_CORES"] == "5"
+
+
+def test_the_executor_setting_and_its_measured_default() -> None:
+    from streamer.app import AUTO_EXECUTOR, executor_kind
+
+    assert executor_kind("cpu", load_settings()) == AUTO_EXECUTOR["cpu"]
+    assert executor_kind("cuda", load_settings()) == "multiproc", "a process per device core"
+    assert executor_kind("cpu", load_settings(emulate="h200")) == "multiproc"
+    assert executor_kind("cuda", load_settings(executor="inprocess")) == "inprocess"
+    assert executor_kind("cpu", load_settings(executor="multiproc")) == "multiproc"
