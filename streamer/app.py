@@ -487,9 +487,7 @@ def batch_policies(
         # Lengths too, for intents (one open batch whatever the length): a row's cost grows
         # with its padded length, and most queries are 6-12 tokens, under the 16 bucket.
         step = settings.cpu_intent_seq_step
-        seq = (
-            (*range(step, ib.max_seq_len, step), ib.max_seq_len) if step else ib.seq_lens
-        )
+        seq = (*range(step, ib.max_seq_len, step), ib.max_seq_len) if step else ib.seq_lens
         ib = Buckets(tuple(range(1, ib.max_batch + 1)), seq)
         db = Buckets(tuple(range(1, db.max_batch + 1)), db.seq_lens)
     intent_rows = min(settings.intent_max_batch or (4 if cpu else 32), ib.max_batch)
