@@ -119,8 +119,12 @@ def neuron_cores(spec: str) -> list[int]:
 
 
 # Where the model runs under STREAMER_EXECUTOR=auto, by target; any other target (and every
-# emulated device) gets a worker process per device core, as the design asks.
-AUTO_EXECUTOR = {"cpu": "multiproc"}
+# emulated device) gets a worker process per device core, as the design asks. cpu: in process
+# (ONNX Runtime releases the GIL), measured on 2 cores with the broker and the load beside it:
+# intent P99 16 / 25 / 55 ms at 50 / 100 / 200 per s against 23.5 / 87.5 / 98.5 with a worker
+# process, CPU per event equal or lower; the worker's tail was waiting for the worker
+# (BENCHMARKS.md "The 10 ms path"). The price: no crash isolation from the runner.
+AUTO_EXECUTOR = {"cpu": "inprocess"}
 
 
 def executor_kind(target: str, settings: Settings) -> str:

@@ -167,7 +167,9 @@ async def create_topics(
     log_append: set[str],
     client_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create fresh topics; result topics get LogAppendTime (timestamp = broker append).
+    """Create fresh topics; result and source topics get LogAppendTime (timestamp = broker
+    append: a result's is its acknowledgement, a source record's splits the service's "to broker"
+    from its "fetch" in the tail attribution).
     `client_kwargs`: the cluster's connection arguments (`cluster_client_kwargs`)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -541,7 +543,9 @@ async def run_contender_path(
         result.update(status="skipped", reason="time budget spent before it could start")
         say(f"  {name}/{route}: SKIPPED (time budget spent)")
         return result
-    await create_topics(bootstrap, topics.all(), cfg.partitions, {topics.results}, client_kwargs)
+    await create_topics(
+        bootstrap, topics.all(), cfg.partitions, {topics.results, topics.source}, client_kwargs
+    )
     argv, env, port = contender_command(name, cfg, bootstrap, route, topics, group)
     contender = Contender(name, argv, env, port, log_dir / f"{name}-{route}.log")
     # Results of an exactly-once contender count once their transaction commits: its sink reads

@@ -73,7 +73,7 @@ async def run_paired(
         try:
             for label in labels:
                 t = topics[label]
-                await create_topics(bootstrap, t.all(), cfg.partitions, {t.results})
+                await create_topics(bootstrap, t.all(), cfg.partitions, {t.results, t.source})
                 name = f"streamer-{label}"
                 argv_, env, port = contender_command(
                     name, cfg, bootstrap, route, t, f"paired-{run_id}-{label}"

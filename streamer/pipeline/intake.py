@@ -271,6 +271,11 @@ class KafkaIntake:
         rows = []
         for (msg, ev), (ids, types, truncated) in zip(good, encoded, strict=True):
             ts_ms = source_ts_ms(ev, msg.timestamp)
+            # LogAppendTime (type 1): the record's timestamp is the broker's append, which
+            # splits the way in into "to the broker" and "fetched from it".
+            appended = ts_ms / 1e3
+            if getattr(msg, "timestamp_type", 0) == 1:
+                appended = msg.timestamp / 1e3
             rows.append(
                 Row(
                     tp=tp,
@@ -283,7 +288,8 @@ class KafkaIntake:
                     token_type_ids=types,
                     truncated=truncated or bool(getattr(ev, "truncated", False)),
                     headers=msg.headers,
-                    fetch_s=max(0.0, wall - ts_ms / 1e3),
+                    broker_s=max(0.0, appended - ts_ms / 1e3),
+                    fetch_s=max(0.0, wall - max(appended, ts_ms / 1e3)),
                     decode_s=decode_s,
                     ready_at=ready,
                 )

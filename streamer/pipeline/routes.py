@@ -44,7 +44,9 @@ class Row:
     # copied): the publisher forwards the configured ones, the tracer links to traceparent.
     headers: Sequence[tuple[str, bytes | None]] = ()
     # Hand-off times for the tail attribution (`attribution.py`): seconds from the source
-    # timestamp to the fetch, fetch to the batcher, and when it reached the batcher (monotonic).
+    # timestamp to the broker's append (0 unless the topic has LogAppendTime), from there to the
+    # fetch, fetch to the batcher, and when it reached the batcher (monotonic).
+    broker_s: float = 0.0
     fetch_s: float = 0.0
     decode_s: float = 0.0
     ready_at: float = 0.0

@@ -35,14 +35,18 @@ def _sums(metrics: Metrics, events: str) -> tuple[int, dict[str, float]]:
     return count, sums
 
 
-def _row(fetch_s: float, decode_s: float, ready_at: float) -> SimpleNamespace:
-    return SimpleNamespace(fetch_s=fetch_s, decode_s=decode_s, ready_at=ready_at)
+def _row(
+    fetch_s: float, decode_s: float, ready_at: float, broker_s: float = 0.0
+) -> SimpleNamespace:
+    return SimpleNamespace(broker_s=broker_s, fetch_s=fetch_s, decode_s=decode_s, ready_at=ready_at)
 
 
-def _batch(tail: TailAttribution, rows: list[SimpleNamespace], run_s: float = 0.004) -> None:
+def _batch(
+    tail: TailAttribution, rows: list[SimpleNamespace], run_s: float = 0.004, at: float = 10.0
+) -> None:
     # closed 1 ms after the rows were ready; task 0.5 ms later; worker waits 0.2 ms; run; 0.3
     # ms back; produce 1 ms.
-    closed = 10.0
+    closed = at
     clock = BatchClock(closed=closed, started=closed + 0.0005)
     clock.run_start = clock.started + 0.0002
     clock.run_end = clock.run_start + run_s
@@ -53,10 +57,11 @@ def _batch(tail: TailAttribution, rows: list[SimpleNamespace], run_s: float = 0.
 def test_the_segments_of_an_event_sum_to_its_end_to_end_time() -> None:
     metrics = Metrics()
     tail = _tail(metrics, sample_every=1)
-    _batch(tail, [_row(0.002, 0.0007, 9.999), _row(0.003, 0.0007, 9.9995)])
+    _batch(tail, [_row(0.002, 0.0007, 9.999, 0.001), _row(0.003, 0.0007, 9.9995)])
     count, sums = _sums(metrics, "sampled")
     assert count == 2
     assert set(sums) == set(SEGMENTS)
+    assert sums["to_broker"] == pytest.approx(0.001)
     assert sums["fetch"] == pytest.approx(0.005)
     assert sums["decode"] == pytest.approx(0.0014)
     assert sums["linger"] == pytest.approx(0.001 + 0.0005)
@@ -65,7 +70,7 @@ def test_the_segments_of_an_event_sum_to_its_end_to_end_time() -> None:
     assert sums["run"] == pytest.approx(0.008)
     assert sums["return"] == pytest.approx(0.0006)
     assert sums["produce"] == pytest.approx(0.002)
-    e2e = (0.002 + 0.0007 + 0.001 + 0.0005 + 0.0002 + 0.004 + 0.0003 + 0.001) + (
+    e2e = (0.001 + 0.002 + 0.0007 + 0.001 + 0.0005 + 0.0002 + 0.004 + 0.0003 + 0.001) + (
         0.003 + 0.0007 + 0.0005 + 0.0005 + 0.0002 + 0.004 + 0.0003 + 0.001
     )
     assert sum(sums.values()) == pytest.approx(e2e)
@@ -122,3 +127,19 @@ def test_a_slot_carries_the_workers_run_stamps_and_a_new_request_clears_them() -
     finally:
         ring.close()
         ring.unlink()
+
+
+def test_a_cold_start_ages_out_of_the_running_p99() -> None:
+    """The threshold covers the last few seconds only: a slow start does not hide the tail of
+    the steady state that follows it."""
+    metrics = Metrics()
+    tail = _tail(metrics, sample_every=1000, refresh_every=10)
+    for i in range(200):  # a cold start: 200 ms each, during the first second
+        _batch(tail, [_row(0.002, 0.0005, i / 200 - 0.001)], run_s=0.200, at=i / 200)
+    assert tail.threshold_s > 0.150
+    for i in range(1000):  # then 100/s for 10 s, 1% of them 30-40 ms
+        at = 1.0 + i / 100
+        run = 0.030 + i / 100_000 if i % 100 == 99 else 0.004
+        _batch(tail, [_row(0.002, 0.0005, at - 0.001)], run_s=run, at=at)
+    assert tail.threshold_s < 0.030
+    assert _sums(metrics, "slow")[0] >= 4, "the steady state's slow 1%, once the start aged out"

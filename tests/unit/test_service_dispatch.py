@@ -8,12 +8,14 @@ batch's model call returns. The parts are wired by the composition root (`app.as
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from streamer.app import assemble, target_rates
 from streamer.config import load_settings
@@ -90,6 +92,7 @@ class _Msg:
     key: bytes | None = None
     timestamp: int = 0
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_type: int = 0  # 1: LogAppendTime
 
 
 def _query(i: int) -> _Msg:
@@ -186,4 +189,28 @@ async def test_a_batch_with_no_linger_left_goes_without_waiting_for_the_ticker()
     service.runner.dispatch_due(5.0)
     await _settle()
     assert executor.calls == [2] and _batches(service, "linger") == 1
+    executor.gate.set()
+
+
+async def test_rows_carry_their_hand_off_times_for_the_tail_attribution() -> None:
+    """A LogAppendTime source splits the way in at the broker's append; the batcher's clock
+    starts after the tokenizer, after the fetch it came from."""
+    service, executor, _ = _service()
+    rt = service.routes["intent"]
+    ts = 1_700_000_000_000
+    appended = _Msg(
+        offset=0,
+        value=orjson.dumps({"event_id": "q0", "ts_ms": ts, "query": "q"}),
+        timestamp=ts + 40,
+        timestamp_type=1,
+    )
+    created = _Msg(offset=1, value=orjson.dumps({"event_id": "q1", "ts_ms": ts, "query": "q"}))
+    fetched_at = time.monotonic()
+    service.intake.ingest(
+        rt, ("queries", 0), [appended, created], fetched_at=fetched_at, fetched_wall=ts / 1e3 + 0.1
+    )
+    first, second = rt.batcher.flush(time.monotonic()).items  # type: ignore[union-attr]
+    assert first.broker_s == pytest.approx(0.040) and first.fetch_s == pytest.approx(0.060)
+    assert second.broker_s == 0 and second.fetch_s == pytest.approx(0.100)
+    assert first.ready_at >= fetched_at and first.decode_s == first.ready_at - fetched_at
     executor.gate.set()
