@@ -33,7 +33,14 @@ from streamer.bench.knee import WARMUP_S, KneeSearch, StepOutcome, warmup_plan
 from streamer.bench.loadgen import Arrival, new_run_tag, run_load, schedule
 from streamer.bench.report import step_clock
 from streamer.bench.sink import LatencyRecorder, Sink
-from streamer.bench.stages import parse_stages, parse_tail, scrape_text, stage_deltas, tail_deltas
+from streamer.bench.stages import (
+    GC_METRIC,
+    parse_stages,
+    parse_tail,
+    scrape_text,
+    stage_deltas,
+    tail_deltas,
+)
 from streamer.bench.stages import ready as http_ready
 from streamer.kafka.local_broker import free_port
 
@@ -494,6 +501,12 @@ async def measure_step(
         tail = tail_deltas(parse_tail(before), parse_tail(after))
         if tail:
             step["tail"] = [t.as_dict() for t in tail]
+        gc_passes = stage_deltas(
+            parse_stages(before, GC_METRIC, "generation"),
+            parse_stages(after, GC_METRIC, "generation"),
+        )
+        if gc_passes:  # per generation: passes, mean ms, upper-bound P99 ms
+            step["gc"] = [s.__dict__ for s in gc_passes]
     return step
 
 

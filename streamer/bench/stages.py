@@ -21,19 +21,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamer.pipeline.attribution import SEGMENTS
 
 STAGE_METRIC = "streamer_stage_seconds"
+GC_METRIC = "streamer_gc_pause_seconds"  # by generation: does a collector pass reach the tail?
 
 # (route, stage) -> {"count": n, "sum": seconds, "buckets": {le: cumulative count}}
 Snapshot = dict[tuple[str, str], dict[str, object]]
 
 
-def parse_stages(text: str, metric: str = STAGE_METRIC) -> Snapshot:
-    """Stage histograms out of a Prometheus text exposition."""
+def parse_stages(text: str, metric: str = STAGE_METRIC, stage_label: str = "stage") -> Snapshot:
+    """Stage histograms out of a Prometheus text exposition (`stage_label`: the label that
+    names the stage; `generation` for the service's garbage-collector passes, `GC_METRIC`)."""
     snap: Snapshot = {}
     for family in text_string_to_metric_families(text):
         if family.name != metric:
             continue
         for s in family.samples:
-            key = (s.labels.get("route", ""), s.labels.get("stage", ""))
+            key = (s.labels.get("route", ""), s.labels.get(stage_label, ""))
             entry = snap.setdefault(key, {"count": 0.0, "sum": 0.0, "buckets": {}})
             if s.name.endswith("_count"):
                 entry["count"] = s.value

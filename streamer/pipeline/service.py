@@ -193,6 +193,7 @@ class Service:
         self._ready = False
         self._background: list[asyncio.Task[None]] = []
         self._gc_freeze = gc_freeze
+        self._unwatch_gc: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -226,6 +227,7 @@ class Service:
             # process: frozen, the collector's full passes stop rescanning it on the event loop.
             gc.collect()
             gc.freeze()
+        self._unwatch_gc = self.metrics.watch_gc()
         self._ready = True
         log.info(
             "started",
@@ -372,6 +374,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         self._ready = False
+        self._unwatch_gc()
         if self._health is not None:
             await self._health.close()
         # Exactly-once: the drain committed what was released; whatever transaction is still

@@ -113,6 +113,10 @@ class ServiceProcess:
                 "STREAMER_GROUP_ID": self.group_id,
                 "STREAMER_ROUTES": self.routes,
                 "STREAMER_METRICS_PORT": str(self.metrics_port),
+                # The worker-process path (shared memory, supervisor, restarts): what every
+                # accelerator runs and what the fault tests kill. The cpu default runs the model
+                # in process instead; tests/integration/test_inprocess_service.py covers it.
+                "STREAMER_EXECUTOR": "multiproc",
                 "STREAMER_WORKERS": "1",
                 "STREAMER_THREADS_PER_WORKER": "1",
                 "STREAMER_DRAIN_TIMEOUT_S": "20",

@@ -143,3 +143,25 @@ def test_a_cold_start_ages_out_of_the_running_p99() -> None:
         _batch(tail, [_row(0.002, 0.0005, at - 0.001)], run_s=run, at=at)
     assert tail.threshold_s < 0.030
     assert _sums(metrics, "slow")[0] >= 4, "the steady state's slow 1%, once the start aged out"
+
+
+def test_collector_passes_are_timed_by_generation_until_unwatched() -> None:
+    import gc
+
+    metrics = Metrics()
+    unwatch = metrics.watch_gc()
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        unwatch()
+    gc.collect(2)  # after unwatch: not counted
+    from prometheus_client import generate_latest
+
+    counts = {
+        s.labels["generation"]: s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+        if s.name == "streamer_gc_pause_seconds_count"
+    }
+    assert counts["0"] >= 1 and counts["2"] == 1

@@ -167,3 +167,17 @@ def test_the_services_own_counters_parse() -> None:
     assert (slow.route, slow.events, slow.count) == ("duplicate", "slow", 4)
     assert list(slow.mean_ms) == ["fetch", "run"] and abs(slow.mean_ms["run"] - 50.0) < 1e-9
     assert slow.threshold_ms is not None and abs(slow.threshold_ms - 40.0) < 1e-9
+
+
+def test_collector_passes_parse_by_generation() -> None:
+    from streamer.bench.stages import GC_METRIC
+
+    reg = CollectorRegistry()
+    h = Histogram(GC_METRIC, "x", ["generation"], buckets=(0.001, 0.01), registry=reg)
+    before = parse_stages(generate_latest(reg).decode(), GC_METRIC, "generation")
+    h.labels("2").observe(0.004)
+    h.labels("0").observe(0.0002)
+    after = parse_stages(generate_latest(reg).decode(), GC_METRIC, "generation")
+    stats = {s.stage: s for s in stage_deltas(before, after)}
+    assert stats["2"].count == 1 and stats["2"].p99_le_ms == 10.0
+    assert stats["0"].count == 1 and stats["0"].p99_le_ms == 1.0
