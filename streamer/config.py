@@ -191,8 +191,7 @@ class Settings(BaseSettings):
         ge=0,
         le=19,
         description="Lower this service's CPU priority (its workers inherit it) by this much. "
-        "Where a duplicate service shares cores with an intent service, give it 10: a pair "
-        "batch then cannot hold an intent's core (README 'Two routes on one machine').",
+        "For a service that must yield its cores to others on the machine.",
     )
     gc_freeze: bool = Field(
         True,

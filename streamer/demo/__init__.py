@@ -79,9 +79,8 @@ async def _demo(args: argparse.Namespace, bootstrap: str) -> int:
             path_env.setdefault(
                 "STREAMER_THREADS_PER_WORKER", str(max(1, (os.cpu_count() or 2) // 2))
             )
-            # ... and runs at a lower CPU priority, so a pair batch (100+ ms on a CPU core)
-            # cannot hold a core an intent batch is waiting for (BENCHMARKS.md "Two routes").
-            path_env.setdefault("STREAMER_NICE", "10")
+            # Not niced: STREAMER_NICE=10 on this service did not lower the intent P99 here
+            # (same-machine A/B, BENCHMARKS.md "The 10 ms path": 104/171 vs 100/142 ms).
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streamer", "run"], env=path_env, stdout=log, stderr=log
