@@ -115,7 +115,7 @@ class ServiceProcess:
                 "STREAMER_METRICS_PORT": str(self.metrics_port),
                 # The worker-process path (shared memory, supervisor, restarts): what every
                 # accelerator runs and what the fault tests kill. The cpu default runs the model
-                # in process instead; tests/integration/test_inprocess_service.py covers it.
+                # in process instead; test_pipeline.py's `test_in_process_default_*` cover it.
                 "STREAMER_EXECUTOR": "multiproc",
                 "STREAMER_WORKERS": "1",
                 "STREAMER_THREADS_PER_WORKER": "1",

@@ -233,3 +233,52 @@ async def test_an_emulated_device_serves_labelled_results(kafka_bootstrap, servi
     assert headers and all(h["device"] == b"emulated-h200" for h in headers)
     _, metrics = svc.http("/metrics")
     assert 'target="emulated-h200"' in metrics and 'variant="emulated"' in metrics
+
+
+# The cpu default: the model in the service process (STREAMER_EXECUTOR=auto -> inprocess). The
+# harness pins the worker-process path (what accelerators run and the worker-kill tests need);
+# these hold the shipped cpu default to the guarantees that involve no worker process.
+IN_PROCESS = {"STREAMER_EXECUTOR": "auto"}
+
+
+async def test_in_process_default_loses_nothing_on_both_routes(kafka_bootstrap, service_factory):
+    topics = await create_topics(kafka_bootstrap, partitions=4)
+    svc = service_factory(topics, extra_env=IN_PROCESS)
+    assert svc.worker_pids() == [], "the cpu default runs no worker process"
+    queries = _queries("q", 5_000)
+    pairs = _pairs("p", 1_000)
+    await asyncio.gather(
+        produce(kafka_bootstrap, topics.queries, queries),
+        produce(kafka_bootstrap, topics.pairs, pairs),
+    )
+    q_seen, p_seen = await asyncio.gather(
+        collect(kafka_bootstrap, topics.intents, {k.decode() for k, _ in queries}, 300),
+        collect(kafka_bootstrap, topics.duplicates, {k.decode() for k, _ in pairs}, 300),
+    )
+    assert {k.decode() for k, _ in queries} == q_seen.keys(), svc.log_tail()
+    assert {k.decode() for k, _ in pairs} == p_seen.keys(), svc.log_tail()
+    assert sum(q_seen.values()) + sum(p_seen.values()) == 6_000, "no duplicates"
+    # The tail attribution is fed on this path too (the runner thread stamps its run).
+    assert svc.metric("streamer_tail_events_total") > 0
+
+
+async def test_in_process_default_drains_on_sigterm_and_survives_sigkill(
+    kafka_bootstrap, service_factory
+):
+    before = set(shm_leftovers())
+    topics = await create_topics(kafka_bootstrap, partitions=2)
+    svc = service_factory(topics, name="first", routes="intent", extra_env=IN_PROCESS)
+    queries = _queries("s", 4_000)
+    producing = asyncio.create_task(produce(kafka_bootstrap, topics.queries, queries, rate=1_500))
+    await asyncio.sleep(1.0)
+    svc.signal(signal.SIGTERM)
+    assert svc.wait(30) == 0, svc.log_tail()
+    assert set(shm_leftovers()) - before == set()
+    second = service_factory(topics, name="second", routes="intent", extra_env=IN_PROCESS)
+    await asyncio.sleep(0.5)
+    second.signal(signal.SIGKILL)
+    second.wait(10)
+    await producing
+    service_factory(topics, name="third", routes="intent", extra_env=IN_PROCESS)
+    seen = await collect(kafka_bootstrap, topics.intents, {k.decode() for k, _ in queries}, 180)
+    assert {k.decode() for k, _ in queries} <= seen.keys()
